@@ -1,0 +1,203 @@
+package desired
+
+import (
+	"net/netip"
+
+	"gopkg.in/yaml.v3"
+	"regexp"
+	"sort"
+)
+
+// FormatVersion is the only fleet repository format this package reads.
+const FormatVersion = 1
+
+// Names of the files Load reads.
+const (
+	FleetFile = "fleet.yaml"
+	HostsDir  = "hosts"
+)
+
+// Defaults used when fleet.yaml leaves a field out; they match DECNET's own
+// names so that `docker compose -p decnet ps` and DECNET's collector keep
+// working on a worker the agent manages.
+const (
+	DefaultComposeProject = "decnet"
+	DefaultNetworkName    = "decnet_lan"
+	DefaultDriver         = DriverMacvlan
+	Auto                  = "auto"
+)
+
+// Network drivers a decky LAN can use.
+const (
+	DriverMacvlan = "macvlan"
+	DriverIPvlan  = "ipvlan" // L2 mode; for Wi-Fi parents that bind one MAC per station
+)
+
+// NameRE is the pattern for decky, host, service, distro and archetype
+// names. It is DNS-label-like so every name is a valid container name,
+// Compose service key and DECNET API path parameter (DECNET bug L7/N3).
+var NameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// envRE is the pattern for environment variable names in the catalog.
+var envRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Fleet is a validated fleet repository.
+type Fleet struct {
+	Version  int
+	Defaults Defaults
+	Distros  map[string]*Distro
+	Services map[string]*Service
+	Hosts    map[string]*Host
+}
+
+// Defaults are the fleet-wide settings every host inherits.
+type Defaults struct {
+	ComposeProject string // Compose project holding every decky; default "decnet"
+	Distro         string // distro of deckies that name none; empty = must be named
+	Network        Network
+}
+
+// Network describes the decoy LAN. Zero Subnet/Gateway and Interface "auto"
+// mean "detect on the worker".
+type Network struct {
+	Name      string // Docker network name, default decnet_lan
+	Driver    string // macvlan or ipvlan
+	Interface string // parent NIC or "auto"
+	Subnet    netip.Prefix
+	Gateway   netip.Addr
+}
+
+// Source says where an image comes from: exactly one of Image or Build.
+type Source struct {
+	Image string // an image reference, used as is
+	Build *Build // a build context inside the repository
+}
+
+// Build is a Docker build context inside the fleet repository.
+type Build struct {
+	Context    string // slash path relative to the repository root, cleaned
+	Dockerfile string // relative to Context, default "Dockerfile"
+	Args       map[string]string
+	Pos        Pos // where build: is written
+}
+
+// Distro is an entry of the distro catalog: the image of a decky's base
+// (network-namespace holder) container.
+type Distro struct {
+	Name    string
+	Source  Source
+	Command []string // default ["sleep", "infinity"], as DECNET runs it
+	Pos     Pos
+}
+
+// Service is an entry of the service catalog.
+type Service struct {
+	Name        string
+	Source      Source
+	Ports       []Port
+	CapAdd      []string
+	Environment map[string]string
+	Command     []string
+	Config      map[string]*ConfigKey // service_config keys this service accepts
+	Pos         Pos
+}
+
+// Port is a declared listening port of a service.
+type Port struct {
+	Number uint16
+	Proto  string // tcp or udp
+}
+
+// ConfigType is the type of a service_config key.
+type ConfigType string
+
+// The service_config value types.
+const (
+	TypeString   ConfigType = "string"
+	TypePassword ConfigType = "password" // a string that reports and logs redact
+	TypeInt      ConfigType = "int"
+	TypeBool     ConfigType = "bool"
+	TypeEnum     ConfigType = "enum"
+)
+
+// ConfigKey declares one service_config key of a catalog service.
+type ConfigKey struct {
+	Name     string
+	Type     ConfigType
+	Env      string   // environment variable the value is passed in
+	Values   []string // allowed values of an enum
+	Default  *Value   // used when a decky sets no value; nil = variable unset
+	Required bool
+}
+
+// Value is a typed service_config value, already checked against its key.
+type Value struct {
+	Type ConfigType
+	Str  string // string, password and enum values; int/bool in canonical text
+	Int  int64
+	Bool bool
+}
+
+// EnvString renders the value as the environment variable text.
+func (v Value) EnvString() string { return v.Str }
+
+// Host is one worker's desired state.
+type Host struct {
+	Name     string // from the file name hosts/<name>.yaml; the agent's --host
+	File     string
+	HostUUID string // optional DECNET SwarmHost.uuid, echoed in reports
+	Network  Network
+	IPPool   *Pool
+	Deckies  []*Decky
+}
+
+// Pool is an inclusive IPv4 address range the worker allocates decky
+// addresses from; written as a CIDR or "first-last" in the host file.
+type Pool struct {
+	First, Last netip.Addr
+	Text        string // as written, for messages
+}
+
+// Contains reports whether a is inside the pool.
+func (p *Pool) Contains(a netip.Addr) bool {
+	return a.Is4() && p.First.Compare(a) <= 0 && a.Compare(p.Last) <= 0
+}
+
+// Decky is one desired decoy machine.
+type Decky struct {
+	Name          string
+	Services      []string
+	IP            netip.Addr // pinned address; zero = allocate
+	Hostname      string
+	Archetype     string
+	Distro        string
+	NmapOS        string
+	ServiceConfig map[string]map[string]Value // service -> key -> value, defaults applied
+	Pos           Pos                         // where the decky starts
+	IPPos         Pos                         // where ip: is written
+
+	// service_config is checked against the catalog once fleet.yaml is
+	// known; until then the raw node is kept.
+	rawConfig      *yaml.Node
+	rawConfigField string
+	file           string
+}
+
+// HostNames returns the hosts of the fleet in name order.
+func (f *Fleet) HostNames() []string {
+	names := make([]string, 0, len(f.Hosts))
+	for n := range f.Hosts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+var (
+	dockerNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+	// ifaceRE follows the kernel's rules: at most 15 bytes, no '/', ':' or space.
+	ifaceRE     = regexp.MustCompile(`^[a-zA-Z0-9_.@-]{1,15}$`)
+	capRE       = regexp.MustCompile(`^[A-Z][A-Z_]{1,30}$`)
+	configKeyRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
+	hostnameRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+)
