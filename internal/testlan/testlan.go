@@ -1,0 +1,202 @@
+package testlan
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+	"github.com/vishvananda/netns"
+)
+
+// InCI reports whether the tests run in CI, where skipping is failing.
+func InCI() bool { return os.Getenv("CI") == "true" || os.Getenv("CI") == "1" }
+
+// Need skips the test outside CI, or fails it in CI, when ok is false.
+func Need(t testing.TB, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if InCI() {
+		t.Fatalf("%s is required in CI but missing", what)
+	}
+	t.Skipf("skipping: %s is not available (runs in CI)", what)
+}
+
+// RequireRoot gates tests that create links and namespaces.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	_, err := exec.LookPath("ip")
+	Need(t, os.Geteuid() == 0 && err == nil, "root with iproute2 (for veth and netns)")
+}
+
+// RequireDocker gates tests that need a running Docker Engine and returns a
+// client for it.
+func RequireDocker(t testing.TB) *client.Client {
+	t.Helper()
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = c.Ping(ctx)
+	}
+	Need(t, err == nil, fmt.Sprintf("a running Docker Engine (%v)", err))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// LAN is one simulated segment.
+type LAN struct {
+	Parent  string       // root-namespace end of the veth: the macvlan parent
+	NS      string       // network namespace playing a LAN machine
+	Subnet  netip.Prefix // e.g. 198.51.100.0/24
+	Gateway netip.Addr   // .1; nobody holds it (nothing must leave the machine)
+	Host    netip.Addr   // the worker's address on Parent (.2)
+	Peer    netip.Addr   // the LAN machine's address in NS (.3)
+}
+
+// Options tune New.
+type Options struct {
+	Subnet string // default 198.51.100.0/24
+	// DefaultRoute adds a default route via the gateway on Parent with a
+	// metric high enough never to win over the machine's real one, so
+	// detection can read the gateway from the route table.
+	DefaultRoute bool
+}
+
+func run(t testing.TB, args ...string) {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// Suffix returns a short random name part (interface names max 15 bytes).
+func Suffix() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// New creates a LAN and registers its removal with t.Cleanup.
+func New(t testing.TB, opt Options) *LAN {
+	t.Helper()
+	RequireRoot(t)
+	if opt.Subnet == "" {
+		opt.Subnet = "198.51.100.0/24"
+	}
+	sn := netip.MustParsePrefix(opt.Subnet).Masked()
+	for _, doc := range []string{"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"} {
+		if netip.MustParsePrefix(doc).Overlaps(sn) && netip.MustParsePrefix(doc).Bits() <= sn.Bits() {
+			goto ok
+		}
+	}
+	t.Fatalf("test LAN %s is outside the documentation ranges", sn)
+ok:
+	id := Suffix()
+	l := &LAN{
+		Parent:  "pa" + id,
+		NS:      "pans" + id,
+		Subnet:  sn,
+		Gateway: sn.Addr().Next(),
+	}
+	l.Host = l.Gateway.Next()
+	l.Peer = l.Host.Next()
+	peer := "pb" + id
+	bits := fmt.Sprint(sn.Bits())
+	run(t, "ip", "netns", "add", l.NS)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.NS).Run() })
+	run(t, "ip", "link", "add", l.Parent, "type", "veth", "peer", "name", peer)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", l.Parent).Run() })
+	run(t, "ip", "link", "set", peer, "netns", l.NS)
+	run(t, "ip", "addr", "add", l.Host.String()+"/"+bits, "dev", l.Parent)
+	run(t, "ip", "link", "set", l.Parent, "up")
+	run(t, "ip", "-n", l.NS, "addr", "add", l.Peer.String()+"/"+bits, "dev", peer)
+	run(t, "ip", "-n", l.NS, "link", "set", peer, "up")
+	run(t, "ip", "-n", l.NS, "link", "set", "lo", "up")
+	if opt.DefaultRoute {
+		run(t, "ip", "route", "add", "default", "via", l.Gateway.String(), "dev", l.Parent, "metric", "4242")
+	}
+	return l
+}
+
+// AddPeerAddr makes the LAN machine hold one more address (an address a
+// real machine already uses).
+func (l *LAN) AddPeerAddr(t testing.TB, a netip.Addr) {
+	t.Helper()
+	run(t, "ip", "-n", l.NS, "addr", "add", fmt.Sprintf("%s/%d", a, l.Subnet.Bits()), "dev", "pb"+strings.TrimPrefix(l.Parent, "pa"))
+}
+
+// InNS runs fn with the calling goroutine's OS thread in the LAN machine's
+// namespace. Sockets created inside fn stay in that namespace.
+func (l *LAN) InNS(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(l.NS)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	defer netns.Set(orig) //nolint:errcheck // best effort; the thread is locked
+	return fn()
+}
+
+// Banner connects from the LAN machine to addr:port and returns the first
+// line the server sends, or for HTTP (send != "") the answer to send.
+func (l *LAN) Banner(addr netip.Addr, port int, send string) (string, error) {
+	var conn net.Conn
+	err := l.InNS(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), 3*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if send != "" {
+		if _, err := conn.Write([]byte(send)); err != nil {
+			return "", err
+		}
+	}
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if n == 0 {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(buf[:n]), "\n")
+	return strings.TrimRight(line, "\r"), nil
+}
+
+// WaitBanner retries Banner until it succeeds or the timeout passes:
+// a freshly started decoy needs a moment to listen.
+func (l *LAN) WaitBanner(addr netip.Addr, port int, send string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := l.Banner(addr, port, send)
+		if err == nil || time.Now().After(deadline) {
+			return b, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
