@@ -1,0 +1,218 @@
+package sync_test
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/decnet/pull-agent/internal/gittest"
+	fleetsync "github.com/decnet/pull-agent/sync"
+)
+
+func newSyncer(t *testing.T, log *slog.Logger, opt fleetsync.Options) *fleetsync.Syncer {
+	t.Helper()
+	if opt.Dir == "" {
+		opt.Dir = filepath.Join(t.TempDir(), "state")
+	}
+	s, err := fleetsync.New(opt, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})) }
+
+func TestSyncSources(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/Dockerfile": "FROM scratch\n"})
+	head := repo.Commit("first")
+	daemon := gittest.Daemon(t, root)
+	httpURL := gittest.HTTP(t, root, nil)
+	httpsURL, ca := gittest.HTTPS(t, root, nil)
+
+	tests := []struct {
+		name   string
+		remote string
+		ca     []byte
+	}{
+		{"file URL", repo.FileURL(), nil},
+		{"plain path to a bare mirror", repo.Bare, nil},
+		{"git daemon", daemon + "/fleet.git", nil},
+		{"http-backend over http", httpURL + "/fleet.git", nil},
+		{"http-backend over https with a CA bundle", httpsURL + "/fleet.git", ca},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{tt.remote}, CABundle: tt.ca})
+			snap, err := s.Sync(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snap.Commit != head || !snap.Fetched {
+				t.Fatalf("got commit %s fetched=%v, want %s fetched", snap.Commit, snap.Fetched, head)
+			}
+			data, err := fs.ReadFile(snap, "fleet.yaml")
+			if err != nil || string(data) != "version: 1\n" {
+				t.Fatalf("fleet.yaml = %q, %v", data, err)
+			}
+		})
+	}
+}
+
+func TestHTTPSWithoutCAIsRefused(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n"})
+	repo.Commit("first")
+	url, _ := gittest.HTTPS(t, root, nil)
+	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url + "/fleet.git"}})
+	if _, err := s.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("want a certificate error, got %v", err)
+	}
+}
+
+func TestNoOpSyncTransfersNothing(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n"})
+	first := repo.Commit("first")
+	var uploads atomic.Int32 // POST git-upload-pack = an object negotiation
+	url := gittest.HTTP(t, root, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "git-upload-pack") {
+				uploads.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url + "/fleet.git"}})
+	ctx := context.Background()
+	if _, err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := uploads.Load()
+	snap, err := s.Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Fetched || snap.Commit != first || uploads.Load() != before {
+		t.Fatalf("no-op sync fetched=%v commit=%s uploads %d->%d", snap.Fetched, snap.Commit, before, uploads.Load())
+	}
+	repo.Write(map[string]string{"hosts/a.yaml": "deckies: []\n"})
+	second := repo.Commit("second")
+	snap, err = s.Sync(ctx)
+	if err != nil || !snap.Fetched || snap.Commit != second {
+		t.Fatalf("after a push: fetched=%v commit=%s err=%v, want %s", snap.Fetched, snap.Commit, err, second)
+	}
+	if _, err := fs.ReadFile(snap, "hosts/a.yaml"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFallbackToMirror(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n"})
+	head := repo.Commit("first")
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	dead := "http://127.0.0.1:1/fleet.git"
+	s := newSyncer(t, log, fleetsync.Options{Remotes: []string{dead, repo.FileURL()}})
+	snap, err := s.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Commit != head || snap.Remote != repo.FileURL() {
+		t.Fatalf("served by %s at %s, want the mirror %s at %s", snap.Remote, snap.Commit, repo.FileURL(), head)
+	}
+	if !strings.Contains(logs.String(), "fleet remote did not answer") {
+		t.Errorf("the dead remote was not logged: %s", logs.String())
+	}
+}
+
+func TestCorruptCloneIsRecloned(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "hosts/a.yaml": "deckies: []\n"})
+	head := repo.Commit("first")
+	dir := filepath.Join(t.TempDir(), "state")
+	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
+	if _, err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Delete the object packs, as a disk error or an impatient operator might.
+	packs, _ := filepath.Glob(filepath.Join(dir, "clone", "objects", "pack", "*"))
+	if len(packs) == 0 {
+		t.Fatal("no packs in the clone")
+	}
+	for _, p := range packs {
+		os.Remove(p)
+	}
+	var logs bytes.Buffer
+	s = newSyncer(t, slog.New(slog.NewTextHandler(&logs, nil)), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
+	snap, err := s.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Commit != head || !snap.Fetched {
+		t.Fatalf("want a fresh clone of %s, got %s fetched=%v", head, snap.Commit, snap.Fetched)
+	}
+	if !strings.Contains(logs.String(), "corrupt") {
+		t.Errorf("recovery was not logged: %s", logs.String())
+	}
+}
+
+func TestCredentialsNeverLogged(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	secret := "s3cr3t-token-value"
+	s := newSyncer(t, log, fleetsync.Options{Remotes: []string{"http://oauth2:" + secret + "@127.0.0.1:1/fleet.git"}})
+	_, err := s.Sync(context.Background())
+	if err == nil {
+		t.Fatal("want an error from a dead remote")
+	}
+	if strings.Contains(err.Error(), secret) || strings.Contains(logs.String(), secret) {
+		t.Fatalf("token leaked:\nerr: %v\nlogs: %s", err, logs.String())
+	}
+}
+
+func TestSnapshotContextHashAndMaterialize(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	repo.Write(map[string]string{"ctx/a/Dockerfile": "FROM scratch\n", "ctx/a/sub/x": "x", "ctx/b/Dockerfile": "FROM scratch\n", "ctx/b/sub/x": "x"})
+	repo.Commit("first")
+	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}})
+	snap, err := s.Sync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ha, _ := snap.ContextHash("ctx/a")
+	hb, _ := snap.ContextHash("ctx/b")
+	if ha == "" || ha != hb {
+		t.Fatalf("identical contexts hash differently: %s %s", ha, hb)
+	}
+	repo.Write(map[string]string{"ctx/b/sub/x": "y"})
+	repo.Commit("change b")
+	snap, _ = s.Sync(context.Background())
+	ha2, _ := snap.ContextHash("ctx/a")
+	hb2, _ := snap.ContextHash("ctx/b")
+	if ha2 != ha || hb2 == hb {
+		t.Fatalf("hash must follow content only: a %s->%s b %s->%s", ha, ha2, hb, hb2)
+	}
+	dst := filepath.Join(t.TempDir(), "b")
+	if err := snap.Materialize("ctx/b", dst); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dst, "sub", "x")); string(data) != "y" {
+		t.Fatalf("materialized content = %q", data)
+	}
+}
