@@ -1,0 +1,376 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	stdsync "sync"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/reaper"
+)
+
+// Engine is what applying needs from Docker and Compose (engine.Docker).
+type Engine interface {
+	ImageID(ctx context.Context, ref string) (string, error)
+	Build(ctx context.Context, p *types.Project, services []string) error
+	Up(ctx context.Context, p *types.Project, services, recreate []string) error
+	Remove(ctx context.Context, ids []string) error
+	Inspect(ctx context.Context, id string) (engine.State, error)
+	Logs(ctx context.Context, id string, lines int) (string, error)
+}
+
+// Materializer writes a build context of the fleet repo to disk
+// (fleetsync.Snapshot).
+type Materializer interface {
+	Materialize(dir, dst string) error
+}
+
+// SteadyOptions define "converged": every container of the decky running
+// (and healthy, if it has a health check), with no restart, for Samples
+// consecutive samples Interval apart, within Timeout.
+type SteadyOptions struct {
+	Samples  int
+	Interval time.Duration
+	Timeout  time.Duration
+}
+
+// Options tune an Applier; zero fields take the defaults.
+type Options struct {
+	Parallel   int    // deckies applied at once; default 4
+	Steady     SteadyOptions
+	LogLines   int    // container log lines quoted in a failure; default 20
+	ContextDir string // scratch directory for build contexts (required to build)
+	AllowPull  bool   // let Compose pull missing image references
+}
+
+// DefaultOptions returns the production settings.
+func DefaultOptions() Options {
+	return Options{Parallel: 4, Steady: SteadyOptions{Samples: 3, Interval: time.Second, Timeout: 90 * time.Second}, LogLines: 20}
+}
+
+// Status of a lifecycle result.
+const (
+	Succeeded = "succeeded"
+	FailedSt  = "failed"
+)
+
+// Result is the outcome of applying one entry.
+type Result struct {
+	Decky       string
+	Action      Action
+	Operation   Operation
+	Status      string // succeeded or failed
+	Error       string
+	Hash        string
+	StartedAt   time.Time
+	CompletedAt time.Time
+}
+
+// Applier applies change sets for one Compose project and network.
+type Applier struct {
+	eng        Engine
+	opt        Options
+	log        *slog.Logger
+	project    string
+	workingDir string
+	network    engine.NetworkSpec
+}
+
+// NewApplier returns an Applier.
+func NewApplier(eng Engine, project, workingDir string, network engine.NetworkSpec, opt Options, log *slog.Logger) *Applier {
+	def := DefaultOptions()
+	if opt.Parallel <= 0 {
+		opt.Parallel = def.Parallel
+	}
+	if opt.Steady.Samples <= 0 {
+		opt.Steady.Samples = def.Steady.Samples
+	}
+	if opt.Steady.Interval <= 0 {
+		opt.Steady.Interval = def.Steady.Interval
+	}
+	if opt.Steady.Timeout <= 0 {
+		opt.Steady.Timeout = def.Steady.Timeout
+	}
+	if opt.LogLines <= 0 {
+		opt.LogLines = def.LogLines
+	}
+	return &Applier{eng: eng, opt: opt, log: log.With("component", "apply"), project: project, workingDir: workingDir, network: network}
+}
+
+// Apply applies every changing entry of cs and returns one result per
+// changing entry, in decky order. Deckies are independent: a failure
+// (image, build, Compose, steady state) fails that decky only. Apply
+// returns only after every started decky has finished or failed.
+func (a *Applier) Apply(ctx context.Context, cs ChangeSet, tree Materializer) []Result {
+	var todo []Entry
+	for _, e := range cs.Entries {
+		if e.Changes() {
+			todo = append(todo, e)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	imgErr := a.ensureImages(ctx, todo, tree)
+
+	results := make([]Result, len(todo))
+	sem := make(chan struct{}, a.opt.Parallel)
+	var wg stdsync.WaitGroup
+	for i, e := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			r := Result{Decky: e.Decky, Action: e.Action, Operation: e.Operation, Hash: e.Hash, StartedAt: time.Now().UTC()}
+			err := a.applyOne(ctx, e, imgErr)
+			r.CompletedAt = time.Now().UTC()
+			r.Status = Succeeded
+			if err != nil {
+				r.Status, r.Error = FailedSt, err.Error()
+				a.log.WarnContext(ctx, "decky failed", "decky", e.Decky, "action", e.Action, "err", err)
+			} else {
+				a.log.InfoContext(ctx, "decky converged", "decky", e.Decky, "action", e.Action, "took", r.CompletedAt.Sub(r.StartedAt).Round(time.Millisecond))
+			}
+			results[i] = r
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+func (a *Applier) applyOne(ctx context.Context, e Entry, imgErr map[string]error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if e.Action == Remove {
+		return reaper.RemoveDecky(ctx, a.eng, e.observed)
+	}
+	d := e.spec
+	for _, img := range d.Images {
+		if err := imgErr[img.Ref]; err != nil {
+			return err
+		}
+	}
+	if len(e.Drop) > 0 {
+		drop := map[string]bool{}
+		for _, s := range e.Drop {
+			drop[s] = true
+		}
+		var ids []string
+		for _, c := range e.observed {
+			if c.Labels[engine.LabelRole] == engine.RoleService && drop[c.Labels[engine.LabelServiceName]] {
+				ids = append(ids, c.ID)
+			}
+		}
+		if err := a.eng.Remove(ctx, ids); err != nil {
+			return fmt.Errorf("failed to remove dropped services: %w", err)
+		}
+	}
+	var recreate, start []string
+	if e.RecreateBase {
+		recreate = append(recreate, d.Base.Name)
+	}
+	for _, s := range d.Services {
+		for _, want := range e.Services {
+			if s.Service == want {
+				recreate = append(recreate, s.Name)
+			}
+		}
+	}
+	start = append(start, e.Start...)
+	if len(recreate) > 0 || len(start) > 0 {
+		p := d.Project(a.project, a.workingDir, a.network)
+		if len(recreate) > 0 {
+			if err := a.eng.Up(ctx, p, nil, recreate); err != nil {
+				return fmt.Errorf("compose up: %w", err)
+			}
+		}
+		if len(start) > 0 {
+			if err := a.eng.Up(ctx, p, start, nil); err != nil {
+				return fmt.Errorf("compose up: %w", err)
+			}
+		}
+	}
+	return a.waitSteady(ctx, d)
+}
+
+// ensureImages builds every missing image the changing deckies need, once
+// each, and checks that reference images are present. It returns the
+// error of each image that is not usable, by reference.
+func (a *Applier) ensureImages(ctx context.Context, todo []Entry, tree Materializer) map[string]error {
+	errs := map[string]error{}
+	seen := map[string]bool{}
+	var imgs []Image
+	for _, e := range todo {
+		if e.spec == nil {
+			continue
+		}
+		for _, img := range e.spec.Images {
+			if !seen[img.Ref] {
+				seen[img.Ref] = true
+				imgs = append(imgs, img)
+			}
+		}
+	}
+	sort.Slice(imgs, func(i, j int) bool { return imgs[i].Ref < imgs[j].Ref })
+	for _, img := range imgs {
+		id, err := a.eng.ImageID(ctx, img.Ref)
+		switch {
+		case err != nil:
+			errs[img.Ref] = err
+		case id != "":
+		case img.Build == nil && !a.opt.AllowPull:
+			errs[img.Ref] = fmt.Errorf("image %s (%s) is not present on this worker and registry pulls are disabled; load it or enable --allow-pull", img.Ref, img.Key)
+		case img.Build != nil:
+			if err := a.build(ctx, img, tree); err != nil {
+				errs[img.Ref] = err
+			}
+		}
+	}
+	return errs
+}
+
+func (a *Applier) build(ctx context.Context, img Image, tree Materializer) error {
+	if tree == nil || a.opt.ContextDir == "" {
+		return fmt.Errorf("cannot build %s: no fleet repository snapshot", img.Ref)
+	}
+	if err := os.MkdirAll(a.opt.ContextDir, 0o700); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp(a.opt.ContextDir, "ctx-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ctxDir := filepath.Join(dir, "context")
+	if err := tree.Materialize(img.Build.Context, ctxDir); err != nil {
+		return err
+	}
+	args := types.MappingWithEquals{}
+	for k, v := range img.Build.Args {
+		args[k] = ptr(v)
+	}
+	name := "build"
+	p := &types.Project{Name: a.project + "-build", WorkingDir: dir, Services: types.Services{name: {
+		Name:  name,
+		Image: img.Build.Tag,
+		Build: &types.BuildConfig{Context: ctxDir, Dockerfile: img.Build.Dockerfile, Args: args},
+	}}}
+	start := time.Now()
+	if err := a.eng.Build(ctx, p, []string{name}); err != nil {
+		return fmt.Errorf("failed to build %s from %s in the fleet repo: %w", img.Key, img.Build.Context, err)
+	}
+	a.log.InfoContext(ctx, "built image", "image", img.Build.Tag, "context", img.Build.Context, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+type sample struct {
+	restarts int
+	started  time.Time
+}
+
+// waitSteady polls the decky's containers until every one is running (and
+// healthy) without restarting for the configured number of consecutive
+// samples. On timeout the error lists each container's state and its last
+// log lines, so the report says why.
+func (a *Applier) waitSteady(ctx context.Context, d *DeckySpec) error {
+	ctx, cancel := context.WithTimeout(ctx, a.opt.Steady.Timeout)
+	defer cancel()
+	names := []string{}
+	for _, c := range d.Containers() {
+		names = append(names, c.Name)
+	}
+	prev := map[string]sample{}
+	good := 0
+	var last map[string]engine.State
+	for {
+		ok := true
+		cur := map[string]engine.State{}
+		for _, n := range names {
+			st, err := a.eng.Inspect(ctx, n)
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				ok = false
+				cur[n] = engine.State{Name: n, Status: "missing", Error: err.Error()}
+				continue
+			}
+			cur[n] = st
+			p, seen := prev[n]
+			if !st.Running || st.Restarting || (st.Health != "" && st.Health != "healthy") ||
+				(seen && (p.restarts != st.RestartCount || !p.started.Equal(st.StartedAt))) {
+				ok = false
+			}
+			prev[n] = sample{st.RestartCount, st.StartedAt}
+		}
+		if ctx.Err() == nil {
+			last = cur
+		}
+		if ok && ctx.Err() == nil {
+			good++
+			if good >= a.opt.Steady.Samples {
+				return nil
+			}
+		} else {
+			good = 0
+		}
+		select {
+		case <-ctx.Done():
+			return a.notSteady(d, names, last)
+		case <-time.After(a.opt.Steady.Interval):
+		}
+	}
+}
+
+func (a *Applier) notSteady(d *DeckySpec, names []string, last map[string]engine.State) error {
+	// The pass context may be over too; logs get a short deadline of their own.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	fmt.Fprintf(&b, "decky %s did not reach a steady state within %s", d.Name, a.opt.Steady.Timeout)
+	for _, n := range names {
+		st := last[n]
+		if st.Running && !st.Restarting && (st.Health == "" || st.Health == "healthy") {
+			continue
+		}
+		fmt.Fprintf(&b, "\n%s: %s", n, describe(st))
+		if logs, err := a.eng.Logs(ctx, n, a.opt.LogLines); err == nil && logs != "" {
+			fmt.Fprintf(&b, "\n  last log lines:\n    %s", strings.ReplaceAll(logs, "\n", "\n    "))
+		}
+	}
+	return errors.New(b.String())
+}
+
+func describe(st engine.State) string {
+	if st.Status == "" {
+		return "no state observed"
+	}
+	parts := []string{st.Status}
+	if !st.Running || st.Restarting {
+		parts = append(parts, fmt.Sprintf("exit code %d", st.ExitCode))
+	}
+	if st.RestartCount > 0 {
+		parts = append(parts, fmt.Sprintf("restarted %d times", st.RestartCount))
+	}
+	if st.Health != "" {
+		parts = append(parts, "health "+st.Health)
+	}
+	if st.OOMKilled {
+		parts = append(parts, "OOM-killed")
+	}
+	if st.Error != "" {
+		parts = append(parts, st.Error)
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,128 @@
+package apply
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/reaper"
+)
+
+// DiffInput is everything the change set depends on.
+type DiffInput struct {
+	Owner    string
+	Desired  []*DeckySpec
+	Failed   map[string]error // desired deckies that could not be placed or rendered
+	Observed []engine.Container
+	// Quarantined reports whether a decky has used up its retry budget at
+	// this desired hash; nil means never.
+	Quarantined func(decky, hash string) bool
+	// Applied maps each decky to the hash last applied and verified on
+	// this worker; a difference at an applied hash is drift (repair).
+	Applied map[string]string
+}
+
+// Diff computes the change set (pure). Deckies whose desired state cannot
+// be applied (Failed) keep whatever is running: bad input never destroys
+// anything. Containers not owned by this agent are never planned for
+// change; a desired container name they hold fails that decky.
+func Diff(in DiffInput) ChangeSet {
+	var cs ChangeSet
+	owned := map[string][]engine.Container{}
+	foreign := map[string]engine.Container{}
+	for _, c := range in.Observed {
+		switch {
+		case c.Owner() == in.Owner && c.Decky() != "":
+			owned[c.Decky()] = append(owned[c.Decky()], c)
+		case c.Owner() != in.Owner:
+			foreign[c.Name] = c
+		}
+	}
+	want := map[string]bool{}
+	for _, d := range in.Desired {
+		want[d.Name] = true
+		cs.Entries = append(cs.Entries, diffDecky(in, d, owned[d.Name], foreign))
+	}
+	for name, err := range in.Failed {
+		want[name] = true
+		e := Entry{Decky: name, Action: Failed, Operation: OpDeploy, Error: err.Error(), observed: owned[name]}
+		if len(owned[name]) > 0 {
+			e.Operation = OpMutate
+		}
+		cs.Entries = append(cs.Entries, e)
+	}
+	for name, cs2 := range reaper.Orphans(in.Observed, in.Owner, func(d string) bool { return want[d] }) {
+		cs.Entries = append(cs.Entries, Entry{Decky: name, Action: Remove, Operation: OpTeardown, observed: cs2})
+	}
+	cs.sort()
+	return cs
+}
+
+func diffDecky(in DiffInput, d *DeckySpec, observed []engine.Container, foreign map[string]engine.Container) Entry {
+	e := Entry{
+		Decky: d.Name, Hash: d.Hash, IP: d.IP, MAC: d.MAC,
+		AddressReason: string(d.Address.Reason), AddressDetail: d.Address.Detail,
+		spec: d, observed: observed,
+	}
+	for _, c := range d.Containers() {
+		if f, taken := foreign[c.Name]; taken {
+			e.Action, e.Error = Failed, fmt.Sprintf("container name %s is used by container %.12s, which this agent does not own; rename or remove it", c.Name, f.ID)
+			e.Operation = OpDeploy
+			if len(observed) > 0 {
+				e.Operation = OpMutate
+			}
+			return e
+		}
+	}
+	if in.Quarantined != nil && in.Quarantined(d.Name, d.Hash) {
+		e.Action = Quarantined
+		return e
+	}
+	var base *engine.Container
+	bySvc := map[string][]engine.Container{}
+	for i, c := range observed {
+		if c.Labels[engine.LabelRole] == engine.RoleBase && c.Name == d.Name {
+			base = &observed[i]
+			continue
+		}
+		svc := c.Labels[engine.LabelServiceName]
+		bySvc[svc] = append(bySvc[svc], c)
+	}
+	// A stopped base lost its network namespace; a recreated one gets a new
+	// one. Either way every service must be recreated into it.
+	e.RecreateBase = base == nil || base.Labels[engine.LabelHash] != d.Base.Hash || base.State != "running"
+	desiredSvc := map[string]bool{}
+	for _, s := range d.Services {
+		desiredSvc[s.Service] = true
+		cs := bySvc[s.Service]
+		switch {
+		case e.RecreateBase:
+			e.Services = append(e.Services, s.Service)
+		case len(cs) != 1 || cs[0].Name != s.Name || cs[0].Labels[engine.LabelHash] != s.Hash:
+			e.Services = append(e.Services, s.Service)
+		case cs[0].State != "running":
+			e.Start = append(e.Start, s.Name)
+		}
+	}
+	for svc := range bySvc {
+		if !desiredSvc[svc] {
+			e.Drop = append(e.Drop, svc)
+		}
+	}
+	sort.Strings(e.Drop)
+
+	applied := in.Applied[d.Name]
+	switch {
+	case !e.RecreateBase && len(e.Services) == 0 && len(e.Drop) == 0 && len(e.Start) == 0:
+		e.Action = Unchanged
+	case applied == d.Hash:
+		// This exact state was applied and verified before: whatever differs
+		// now was changed by hand, and is put back.
+		e.Action, e.Operation = Repair, OpRepair
+	case len(observed) == 0:
+		e.Action, e.Operation = Create, OpDeploy
+	default:
+		e.Action, e.Operation = Update, OpMutate
+	}
+	return e
+}

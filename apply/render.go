@@ -1,0 +1,251 @@
+package apply
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/docker/compose/v2/pkg/api"
+
+	"github.com/decnet/pull-agent/desired"
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/relocalize"
+)
+
+// hashVersion is mixed into every hash; bump it when rendering changes in
+// a way that must roll out to running deckies.
+const hashVersion = "pull-agent/render/1"
+
+// networkKey is the Compose key of the decoy network in every project.
+const networkKey = "decnet_lan"
+
+// RenderInput is everything rendering depends on.
+type RenderInput struct {
+	Owner      string // agent identity (LabelOwner)
+	Project    string // Compose project name
+	WorkingDir string // recorded in Compose's working-dir label
+	Fleet      *desired.Fleet
+	Host       *desired.Host
+	Network    engine.NetworkSpec
+	Addresses  map[string]relocalize.Assignment
+	Images     map[string]Image
+	// AllowPull lets Compose pull image references that are not present
+	// locally. Off by default: workers may have no registry at all.
+	AllowPull bool
+}
+
+// DeckySpec is one decky, rendered.
+type DeckySpec struct {
+	Name     string
+	IP       netip.Addr
+	MAC      string
+	Hash     string // over the base and every service
+	Base     ContainerSpec
+	Services []ContainerSpec // in service-name order
+	Images   []Image         // images the decky needs
+	Address  relocalize.Assignment
+}
+
+// ContainerSpec is one container of a decky.
+type ContainerSpec struct {
+	Service string // catalog slug; "" for the base
+	Name    string // Compose service key = container name
+	Hash    string
+	Config  types.ServiceConfig
+}
+
+// Containers returns the base then the services.
+func (d *DeckySpec) Containers() []ContainerSpec {
+	return append([]ContainerSpec{d.Base}, d.Services...)
+}
+
+// Project returns a Compose project holding only this decky. Applying one
+// decky per project model keeps Compose from treating the others as
+// orphans (it never removes them) and lets deckies converge in parallel.
+func (d *DeckySpec) Project(name, workingDir string, net engine.NetworkSpec) *types.Project {
+	p := &types.Project{
+		Name:       name,
+		WorkingDir: workingDir,
+		Services:   types.Services{},
+		Networks:   types.Networks{networkKey: {Name: net.Name, External: true}},
+	}
+	for _, c := range d.Containers() {
+		p.Services[c.Name] = c.Config
+	}
+	return p
+}
+
+// NetworkSpecHash hashes the network settings: it is the network's label
+// and part of every base container's hash, so a changed network recreates
+// the deckies on it.
+func NetworkSpecHash(n engine.NetworkSpec) string {
+	return hashJSON(struct {
+		V string
+		N engine.NetworkSpec
+	}{hashVersion, n})
+}
+
+func hashJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("apply: cannot hash %T: %v", v, err)) // only plain data is hashed
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Render renders every decky of the host that has an address. Deckies
+// that cannot be rendered get an error each; the others are unaffected.
+func Render(in RenderInput) ([]*DeckySpec, map[string]error) {
+	var out []*DeckySpec
+	errs := map[string]error{}
+	netHash := NetworkSpecHash(in.Network)
+	for _, d := range in.Host.Deckies {
+		addr, ok := in.Addresses[d.Name]
+		if !ok {
+			continue // the allocation error is reported by the caller
+		}
+		spec, err := renderDecky(in, d, addr, netHash)
+		if err != nil {
+			errs[d.Name] = err
+			continue
+		}
+		out = append(out, spec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, errs
+}
+
+func (in RenderInput) composeLabels(service string) types.Labels {
+	return types.Labels{
+		api.ProjectLabel:     in.Project,
+		api.ServiceLabel:     service,
+		api.VersionLabel:     api.ComposeVersion,
+		api.WorkingDirLabel:  in.WorkingDir,
+		api.ConfigFilesLabel: "",
+		api.OneoffLabel:      "False",
+	}
+}
+
+func (in RenderInput) pullPolicy() string {
+	if in.AllowPull {
+		return types.PullPolicyMissing
+	}
+	return types.PullPolicyNever
+}
+
+func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, netHash string) (*DeckySpec, error) {
+	spec := &DeckySpec{Name: d.Name, IP: addr.IP, MAC: addr.MAC, Address: addr}
+	dist := in.Fleet.Distros[d.Distro]
+	baseImg, ok := in.Images[ImageKey("distro", d.Distro)]
+	if dist == nil || !ok {
+		return nil, fmt.Errorf("distro %q has no resolved image", d.Distro)
+	}
+	fam := desired.OSFamilies[d.NmapOS]
+	base := types.ServiceConfig{
+		Name:          d.Name,
+		ContainerName: d.Name,
+		Image:         baseImg.Ref,
+		PullPolicy:    in.pullPolicy(),
+		Hostname:      d.Hostname,
+		Command:       types.ShellCommand(dist.Command),
+		Restart:       types.RestartPolicyUnlessStopped,
+		MacAddress:    addr.MAC,
+		Networks:      map[string]*types.ServiceNetworkConfig{networkKey: {Ipv4Address: addr.IP.String()}},
+		Sysctls:       types.Mapping(fam.Sysctls()),
+		CapAdd:        []string{"NET_ADMIN"},
+		Labels: types.Labels{
+			engine.LabelOwner: in.Owner,
+			engine.LabelRole:  engine.RoleBase,
+			engine.LabelDecky: d.Name,
+		},
+		CustomLabels: in.composeLabels(d.Name),
+	}
+	if d.Archetype != "" {
+		base.Labels["decnet.fleet.archetype"] = d.Archetype
+	}
+	spec.Base = ContainerSpec{Name: d.Name, Config: base}
+	spec.Base.Hash = containerHash(base, baseImg, netHash)
+	spec.Base.Config.Labels[engine.LabelHash] = spec.Base.Hash
+	spec.Images = append(spec.Images, baseImg)
+
+	services := append([]string(nil), d.Services...)
+	sort.Strings(services)
+	hashes := []string{spec.Base.Hash}
+	for _, s := range services {
+		svc := in.Fleet.Services[s]
+		img, ok := in.Images[ImageKey("service", s)]
+		if svc == nil || !ok {
+			return nil, fmt.Errorf("service %q has no resolved image", s)
+		}
+		name := d.Name + "-" + s
+		env := types.MappingWithEquals{}
+		for k, v := range svc.Environment {
+			env[k] = ptr(v)
+		}
+		for k, v := range d.ServiceConfig[s] {
+			env[svc.Config[k].Env] = ptr(v.EnvString())
+		}
+		env["NODE_NAME"] = ptr(d.Name)
+		env["HOSTNAME"] = ptr(d.Hostname)
+		caps := append([]string(nil), svc.CapAdd...)
+		sort.Strings(caps)
+		cfg := types.ServiceConfig{
+			Name:          name,
+			ContainerName: name,
+			Image:         img.Ref,
+			PullPolicy:    in.pullPolicy(),
+			Environment:   env,
+			CapAdd:        caps,
+			NetworkMode:   "service:" + d.Name,
+			DependsOn: types.DependsOnConfig{d.Name: {
+				Condition: types.ServiceConditionStarted, Required: true, Restart: true,
+			}},
+			Restart: types.RestartPolicyUnlessStopped,
+			Logging: &types.LoggingConfig{Driver: "json-file", Options: types.Options{"max-size": "10m", "max-file": "5"}},
+			Labels: types.Labels{
+				engine.LabelOwner:       in.Owner,
+				engine.LabelRole:        engine.RoleService,
+				engine.LabelDecky:       d.Name,
+				engine.LabelService:     "true",
+				engine.LabelServiceName: s,
+			},
+			CustomLabels: in.composeLabels(name),
+		}
+		if len(svc.Command) > 0 {
+			cfg.Command = types.ShellCommand(svc.Command)
+		}
+		c := ContainerSpec{Service: s, Name: name, Config: cfg}
+		c.Hash = containerHash(cfg, img, "")
+		c.Config.Labels[engine.LabelHash] = c.Hash
+		spec.Services = append(spec.Services, c)
+		spec.Images = append(spec.Images, img)
+		hashes = append(hashes, s+"="+c.Hash)
+	}
+	spec.Hash = hashJSON(struct {
+		V string
+		H []string
+	}{hashVersion, hashes})
+	return spec, nil
+}
+
+// containerHash covers the rendered container settings (Compose's own
+// labels excluded: they carry no desired state), the image ID of a
+// reference image, and for a base the network settings. Map order is
+// irrelevant (encoding/json sorts keys) and lists are sorted when order
+// has no meaning, so the same desired state always hashes the same.
+func containerHash(cfg types.ServiceConfig, img Image, netHash string) string {
+	cfg.CustomLabels = nil
+	return hashJSON(struct {
+		V       string
+		Config  types.ServiceConfig
+		ImageID string
+		Net     string
+	}{hashVersion, cfg, img.ID, netHash})
+}
+
+func ptr(s string) *string { return &s }
