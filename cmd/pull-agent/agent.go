@@ -1,0 +1,480 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/decnet/pull-agent/apply"
+	"github.com/decnet/pull-agent/desired"
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/hostnet"
+	"github.com/decnet/pull-agent/internal/state"
+	"github.com/decnet/pull-agent/relocalize"
+	"github.com/decnet/pull-agent/report"
+	fleetsync "github.com/decnet/pull-agent/sync"
+)
+
+// agent holds what one worker's passes share.
+type agent struct {
+	cfg      *agentConfig
+	log      *slog.Logger
+	readOnly bool // plan: never writes state, never mutates Docker
+	lock     *state.Lock
+	st       *state.State
+	syncer   *fleetsync.Syncer
+	eng      *engine.Docker
+	det      *hostnet.Detector
+	box      *report.Outbox
+	sender   *report.Sender
+	cleanup  []func()
+}
+
+func newAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger, readOnly bool) (a *agent, err error) {
+	a = &agent{cfg: cfg, log: log.With("host", cfg.host), readOnly: readOnly}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	gitDir := filepath.Join(cfg.stateDir, "git")
+	if readOnly {
+		// plan must not disturb a running daemon: it works on its own clone
+		// and only reads the state file.
+		tmp, err := os.MkdirTemp("", "pull-agent-plan-")
+		if err != nil {
+			return nil, err
+		}
+		a.cleanup = append(a.cleanup, func() { os.RemoveAll(tmp) })
+		gitDir = tmp
+	} else {
+		if a.lock, err = state.Acquire(cfg.stateDir); err != nil {
+			return nil, err
+		}
+	}
+	if a.st, err = state.Load(cfg.stateDir, cfg.host); err != nil {
+		return nil, err
+	}
+	ca, err := cfg.repoCABundle()
+	if err != nil {
+		return nil, err
+	}
+	a.syncer, err = fleetsync.New(fleetsync.Options{Remotes: cfg.repos, Ref: cfg.ref, Dir: gitDir, Timeout: cfg.gitTimeout, CABundle: ca}, a.log)
+	if err != nil {
+		return nil, err
+	}
+	if a.det, err = hostnet.NewDetector(); err != nil {
+		return nil, err
+	}
+	if a.eng, err = engine.New(ctx, cfg.host, engine.Options{}, a.log); err != nil {
+		return nil, noStart(err)
+	}
+	if !readOnly {
+		if a.box, err = report.OpenOutbox(filepath.Join(cfg.stateDir, "outbox"), cfg.host); err != nil {
+			return nil, err
+		}
+		if cfg.master != "" {
+			a.sender, err = report.NewSender(a.box, report.SenderOptions{
+				Master: cfg.master, CAFile: cfg.masterCA, CertFile: cfg.masterCert, KeyFile: cfg.masterKey,
+				PinSHA256: cfg.masterPin, TokenFile: cfg.masterToken, AllowInsecure: cfg.insecure,
+			}, a.log)
+			if err != nil {
+				return nil, usageErr("%v", err)
+			}
+		}
+	}
+	return a, nil
+}
+
+func (a *agent) close() {
+	if a.eng != nil {
+		a.eng.Close()
+	}
+	if a.det != nil {
+		a.det.Close()
+	}
+	if a.lock != nil {
+		a.lock.Release()
+	}
+	for _, f := range a.cleanup {
+		f()
+	}
+}
+
+// passResult is what one pass did.
+type passResult struct {
+	commit  string
+	changes apply.ChangeSet
+	results []apply.Result
+	failed  int // deckies that are not converged (failed, quarantined)
+}
+
+// pass runs one reconcile: sync, parse, relocalize, diff and (unless
+// read-only) apply and record. Errors before any decky is touched are
+// startErrors.
+func (a *agent) pass(ctx context.Context) (*passResult, error) {
+	snap, err := a.syncer.Sync(ctx)
+	if err != nil {
+		return nil, noStart(fmt.Errorf("cannot fetch the fleet repository: %w", err))
+	}
+	log := a.log.With("commit", short(snap.Commit))
+	if !a.readOnly {
+		a.st.LastFetchOK, a.st.LastRemote = time.Now().UTC(), snap.Remote
+	}
+	fleet, err := desired.Load(snap)
+	if err != nil {
+		return nil, noStart(fmt.Errorf("fleet repository at commit %s is invalid; nothing was changed:\n%w", short(snap.Commit), err))
+	}
+	host := fleet.Hosts[a.cfg.host]
+	if host == nil {
+		return nil, noStart(fmt.Errorf("the fleet repository at commit %s has no %s/%s.yaml; nothing was changed (an empty host file, `deckies: []`, removes every decky)", short(snap.Commit), desired.HostsDir, a.cfg.host))
+	}
+	lan, err := a.detectLAN(ctx, host)
+	if err != nil {
+		return nil, noStart(err)
+	}
+	containers, err := a.eng.ListContainers(ctx)
+	if err != nil {
+		return nil, noStart(err)
+	}
+	netSpec := engine.NetworkSpec{Name: host.Network.Name, Driver: host.Network.Driver, Parent: lan.Interface, Subnet: lan.Subnet, Gateway: lan.Gateway}
+	alloc := relocalize.Allocate(relocalize.Input{
+		Host: a.cfg.host, LAN: lan, Pool: host.IPPool, Deckies: relocDeckies(host),
+		Previous: a.st.Previous(lan.Subnet), Reserved: foreignAddresses(containers, a.cfg.host, netSpec.Name),
+	})
+	if owner, exists, err := a.eng.NetworkOwner(ctx, netSpec.Name); err != nil {
+		return nil, noStart(err)
+	} else if exists && owner != a.cfg.host {
+		return nil, noStart(fmt.Errorf("Docker network %s exists and is %w (owner %q); remove or rename it, or set network.name in the host file", netSpec.Name, engine.ErrNotOwned, owner))
+	}
+	images, err := apply.ResolveImages(ctx, fleet, host, snap, a.eng)
+	if err != nil {
+		return nil, noStart(err)
+	}
+	specs, renderErrs := apply.Render(apply.RenderInput{
+		Owner: a.cfg.host, Project: fleet.Defaults.ComposeProject, WorkingDir: a.cfg.stateDir,
+		Fleet: fleet, Host: host, Network: netSpec, Addresses: alloc.Assignments, Images: images, AllowPull: a.cfg.allowPull,
+	})
+	failed := map[string]error{}
+	for n, e := range alloc.Errors {
+		failed[n] = e
+	}
+	for n, e := range renderErrs {
+		failed[n] = e
+	}
+	diffIn := apply.DiffInput{Owner: a.cfg.host, Desired: specs, Failed: failed, Observed: containers, Quarantined: a.quarantined, Applied: a.st.Applied}
+	cs := apply.Diff(diffIn)
+	res := &passResult{commit: snap.Commit, changes: cs}
+	if a.readOnly {
+		return res, nil
+	}
+
+	if cs.Changes() {
+		info, err := a.eng.EnsureNetwork(ctx, netSpec, apply.NetworkSpecHash(netSpec))
+		if err != nil {
+			return nil, noStart(err)
+		}
+		if info.Replaced {
+			// The old network's containers are gone: plan again from what is left.
+			if diffIn.Observed, err = a.eng.ListContainers(ctx); err != nil {
+				return nil, noStart(err)
+			}
+			cs = apply.Diff(diffIn)
+			res.changes = cs
+		}
+		applier := apply.NewApplier(a.eng, fleet.Defaults.ComposeProject, a.cfg.stateDir, netSpec, apply.Options{
+			Parallel:   a.cfg.parallel,
+			Steady:     apply.SteadyOptions{Samples: a.cfg.steadySamples, Interval: a.cfg.steadyEvery, Timeout: a.cfg.steadyTimeout},
+			ContextDir: filepath.Join(a.cfg.stateDir, "contexts"),
+			AllowPull:  a.cfg.allowPull,
+		}, log)
+		res.results = applier.Apply(ctx, cs, snap)
+	}
+	a.record(ctx, snap, host, alloc, res)
+	return res, nil
+}
+
+func (a *agent) detectLAN(ctx context.Context, host *desired.Host) (relocalize.LAN, error) {
+	iface := a.cfg.iface
+	if iface == "" {
+		iface = host.Network.Interface
+	}
+	gw := host.Network.Gateway
+	if a.cfg.gateway != "" {
+		gw = netip.MustParseAddr(a.cfg.gateway) // validated with the flags
+	}
+	return a.det.Detect(ctx, hostnet.Options{Interface: iface, Gateway: gw})
+}
+
+func relocDeckies(h *desired.Host) []relocalize.Decky {
+	out := make([]relocalize.Decky, 0, len(h.Deckies))
+	for _, d := range h.Deckies {
+		out = append(out, relocalize.Decky{Name: d.Name, Pinned: d.IP})
+	}
+	return out
+}
+
+// foreignAddresses are the decoy-network addresses held by containers the
+// agent does not own: never to be handed to a decky.
+func foreignAddresses(cs []engine.Container, owner, network string) map[netip.Addr]string {
+	out := map[netip.Addr]string{}
+	for _, c := range cs {
+		if c.Owner() == owner {
+			continue
+		}
+		if ip, ok := c.Networks[network]; ok && ip.IsValid() {
+			out[ip] = fmt.Sprintf("is held by container %s, which this agent does not own", c.Name)
+		}
+	}
+	return out
+}
+
+func (a *agent) quarantined(decky, hash string) bool {
+	f, ok := a.st.Failures[decky]
+	return ok && f.Hash == hash && f.Count >= a.cfg.retryBudget
+}
+
+// record updates the state and queues lifecycle events for a pass.
+func (a *agent) record(ctx context.Context, snap *fleetsync.Snapshot, host *desired.Host, alloc relocalize.Result, res *passResult) {
+	now := time.Now().UTC()
+	st := a.st
+	wanted := map[string]bool{}
+	for _, d := range host.Deckies {
+		wanted[d.Name] = true
+	}
+	for name, as := range alloc.Assignments {
+		st.Addresses[name] = state.Address{IP: as.IP, MAC: as.MAC}
+	}
+	for name := range st.Addresses {
+		if !wanted[name] {
+			delete(st.Addresses, name)
+		}
+	}
+	emit := func(e report.Event) {
+		e.Commit = snap.Commit
+		if _, err := a.box.Add(e); err != nil {
+			a.log.ErrorContext(ctx, "cannot queue lifecycle event", "decky", e.DeckyName, "err", err)
+		}
+	}
+	for _, r := range res.results {
+		emit(report.Event{DeckyName: r.Decky, Operation: string(r.Operation), Status: r.Status, Error: r.Error,
+			ConfigHash: r.Hash, StartedAt: r.StartedAt, CompletedAt: r.CompletedAt})
+		switch {
+		case r.Action == apply.Remove && r.Status == apply.Succeeded:
+			delete(st.Applied, r.Decky)
+			delete(st.Failures, r.Decky)
+		case r.Status == apply.Succeeded:
+			st.Applied[r.Decky] = r.Hash
+			delete(st.Failures, r.Decky)
+		default:
+			res.failed++
+			f := st.Failures[r.Decky]
+			if f.Hash != r.Hash {
+				f = state.Failure{Hash: r.Hash}
+			}
+			f.Count++
+			f.Error, f.Last = r.Error, now
+			if f.Count >= a.cfg.retryBudget && !f.Reported {
+				f.Reported = true
+				emit(report.Event{DeckyName: r.Decky, Operation: string(r.Operation), Status: "quarantined", ConfigHash: r.Hash,
+					Error: fmt.Sprintf("failed %d times at this desired state; left alone until it changes. Last error: %s", f.Count, r.Error), CompletedAt: now})
+			}
+			st.Failures[r.Decky] = f
+		}
+	}
+	for _, e := range res.changes.Entries {
+		switch e.Action {
+		case apply.Quarantined:
+			res.failed++
+		case apply.Failed:
+			res.failed++
+			// Nothing was attempted: report the problem once, not every pass.
+			f := st.Failures[e.Decky]
+			if f.Hash != e.Hash || f.Error != e.Error {
+				emit(report.Event{DeckyName: e.Decky, Operation: string(e.Operation), Status: apply.FailedSt, Error: e.Error, ConfigHash: e.Hash, CompletedAt: now})
+				st.Failures[e.Decky] = state.Failure{Hash: e.Hash, Error: e.Error, Last: now}
+			}
+		}
+	}
+	for name := range st.Failures {
+		if !wanted[name] {
+			delete(st.Failures, name)
+		}
+	}
+	st.LastCommit = snap.Commit
+	st.LastApply = now
+	st.LastClean = res.failed == 0
+	if err := st.Save(a.cfg.stateDir); err != nil {
+		a.log.ErrorContext(ctx, "cannot save state", "err", err)
+	}
+}
+
+// heartbeat builds the current state report from what runs now.
+func (a *agent) heartbeat(ctx context.Context, host *desired.Host, passErr error) report.Heartbeat {
+	hb := report.Heartbeat{
+		HostUUID: a.cfg.host, Host: a.cfg.host, AgentVersion: version,
+		Commit: a.st.LastCommit, Remote: a.st.LastRemote,
+		LastFetchOK: a.st.LastFetchOK, LastApply: a.st.LastApply, GeneratedAt: time.Now().UTC(),
+	}
+	if passErr != nil {
+		hb.PassError = fleetsync.RedactText(passErr.Error())
+	}
+	if host != nil && host.HostUUID != "" {
+		hb.HostUUID = host.HostUUID
+	}
+	containers, err := a.eng.ListContainers(ctx)
+	if err != nil {
+		if prev, ok := a.box.Heartbeat(); ok {
+			hb.Status = prev.Status // keep the last known picture rather than none
+		}
+		return hb
+	}
+	hb.Status = runtimeStatus(containers, a.cfg.host, host, a.st)
+	return hb
+}
+
+// runtimeStatus derives every decky's state from the containers' labels,
+// base container included (DECNET ignored it, bug §6).
+func runtimeStatus(cs []engine.Container, owner string, host *desired.Host, st *state.State) report.Status {
+	out := report.Status{Runtime: map[string]report.Runtime{}}
+	type obs struct {
+		base string
+		svcs map[string]string
+	}
+	seen := map[string]*obs{}
+	for _, c := range cs {
+		if c.Owner() != owner || c.Decky() == "" {
+			continue
+		}
+		o := seen[c.Decky()]
+		if o == nil {
+			o = &obs{svcs: map[string]string{}}
+			seen[c.Decky()] = o
+		}
+		if c.Labels[engine.LabelRole] == engine.RoleBase {
+			o.base = c.State
+		} else {
+			o.svcs[c.Labels[engine.LabelServiceName]] = c.State
+		}
+	}
+	names := map[string]bool{}
+	if host != nil {
+		for _, d := range host.Deckies {
+			names[d.Name] = true
+			ds := report.DeckyStatus{Name: d.Name, Services: append([]string(nil), d.Services...), Hostname: d.Hostname,
+				Archetype: d.Archetype, NmapOS: d.NmapOS, Distro: d.Distro, ConfigHash: st.Applied[d.Name]}
+			if addr, ok := st.Addresses[d.Name]; ok {
+				ds.IP, ds.MAC = addr.IP.String(), addr.MAC
+			}
+			sort.Strings(ds.Services)
+			out.Deckies = append(out.Deckies, ds)
+		}
+	}
+	for n := range seen {
+		names[n] = true
+	}
+	for n := range names {
+		o := seen[n]
+		rt := report.Runtime{Services: map[string]string{}}
+		if o != nil {
+			rt.Base = o.base
+			for s, v := range o.svcs {
+				rt.Services[s] = v
+			}
+		}
+		if host != nil {
+			for _, d := range host.Deckies {
+				if d.Name == n {
+					for _, s := range d.Services {
+						if _, ok := rt.Services[s]; !ok {
+							rt.Services[s] = "absent"
+						}
+					}
+				}
+			}
+		}
+		running, total := 0, 0
+		for _, v := range append([]string{rt.Base}, values(rt.Services)...) {
+			total++
+			if v == "running" {
+				running++
+			}
+		}
+		switch {
+		case o == nil:
+			rt.State = "absent"
+		case running == total:
+			rt.State, rt.Running = "running", true
+		case running == 0:
+			rt.State = "failed"
+		default:
+			rt.State = "degraded"
+		}
+		if f, ok := st.Failures[n]; ok {
+			rt.Error = f.Error
+			if f.Reported {
+				rt.State = "quarantined"
+			}
+		}
+		out.Runtime[n] = rt
+	}
+	out.Deployed = len(out.Runtime) > 0
+	return out
+}
+
+func values(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// deliver stores the heartbeat and sends the outbox, within the report
+// deadline; undelivered events stay queued for the next pass.
+func (a *agent) deliver(ctx context.Context, hb report.Heartbeat) {
+	hb.OutboxDepth, hb.OutboxRejects = a.box.Depth(), a.box.Rejected()
+	if err := a.box.SetHeartbeat(hb); err != nil {
+		a.log.ErrorContext(ctx, "cannot store heartbeat", "err", err)
+	}
+	if a.sender == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.reportTimeout)
+	defer cancel()
+	n, err := a.sender.Flush(ctx)
+	if err != nil {
+		a.log.WarnContext(ctx, "reports not delivered; kept in the outbox for the next pass", "delivered", n, "pending", a.box.Depth(), "err", err)
+		return
+	}
+	a.log.DebugContext(ctx, "reports delivered", "events", n)
+}
+
+func short(commit string) string {
+	if len(commit) > 12 {
+		return commit[:12]
+	}
+	return commit
+}
+
+// hostOf re-reads the host's desired state from the local clone for the
+// heartbeat (nil when unavailable).
+func (a *agent) hostOf() *desired.Host {
+	snap := a.syncer.Local()
+	if snap == nil {
+		return nil
+	}
+	f, err := desired.Load(snap)
+	if err != nil {
+		return nil
+	}
+	return f.Hosts[a.cfg.host]
+}
+
+func joinLines(ss []string) string { return strings.Join(ss, "\n") }

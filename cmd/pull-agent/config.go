@@ -1,0 +1,128 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/decnet/pull-agent/desired"
+)
+
+// agentConfig holds the flags of once, run and plan.
+type agentConfig struct {
+	log logOptions
+
+	repos       []string
+	ref         string
+	repoCA      string
+	gitTimeout  time.Duration
+	host        string
+	stateDir    string
+	iface       string
+	gateway     string
+	master      string
+	masterCA    string
+	masterCert  string
+	masterKey   string
+	masterPin   string
+	masterToken string
+	insecure    bool
+
+	parallel      int
+	steadyTimeout time.Duration
+	steadySamples int
+	steadyEvery   time.Duration
+	retryBudget   int
+	allowPull     bool
+	reportTimeout time.Duration
+
+	// run only
+	interval time.Duration
+	resync   time.Duration
+	// plan only
+	json bool
+}
+
+func (c *agentConfig) bind(f *flags, withMaster bool) {
+	c.log.bind(f)
+	f.List(&c.repos, "repo", "fleet repository URL: https://, file:// or a path to a bare mirror; tried in order")
+	f.String(&c.ref, "ref", "main", "branch (or full ref such as refs/tags/v3) to follow")
+	f.String(&c.repoCA, "repo-ca", "", "PEM file of extra CA roots for https fleet remotes")
+	f.Duration(&c.gitTimeout, "git-timeout", 2*time.Minute, "deadline of each git network operation")
+	f.String(&c.host, "host", defaultHost(), "this worker's name: its deckies are hosts/<host>.yaml")
+	f.String(&c.stateDir, "state-dir", "/var/lib/pull-agent", "directory for the clone, state and report outbox")
+	f.String(&c.iface, "interface", "", "decoy LAN interface (default: host file's network.interface, else the default-route interface)")
+	f.String(&c.gateway, "gateway", "", "decoy LAN gateway when the interface has no default route (default: host file's network.gateway)")
+	f.Int(&c.parallel, "parallel", 4, "deckies applied at the same time")
+	f.Duration(&c.steadyTimeout, "steady-timeout", 90*time.Second, "how long a decky may take to reach a steady state")
+	f.Int(&c.steadySamples, "steady-samples", 3, "consecutive healthy samples that make a steady state")
+	f.Duration(&c.steadyEvery, "steady-interval", time.Second, "time between steady-state samples")
+	f.Int(&c.retryBudget, "retry-budget", 3, "failed attempts at one desired state before a decky is quarantined")
+	f.Bool(&c.allowPull, "allow-pull", false, "let Compose pull image references missing on this worker from a registry")
+	if withMaster {
+		f.String(&c.master, "master", "", "master base URL to report to, e.g. https://master:8770 (empty: do not report)")
+		f.String(&c.masterCA, "master-ca", "", "PEM CA bundle that signs the master's certificate")
+		f.String(&c.masterCert, "master-cert", "", "client certificate (PEM) for mTLS to the master")
+		f.String(&c.masterKey, "master-key", "", "client key (PEM) for mTLS to the master")
+		f.String(&c.masterPin, "master-pin", "", "hex SHA-256 of the master's certificate to pin")
+		f.String(&c.masterToken, "master-token-file", "", "file holding a bearer token for the master")
+		f.Bool(&c.insecure, "master-insecure", false, "allow a plain-http master (loopback demos and tests only)")
+		f.Duration(&c.reportTimeout, "report-timeout", 30*time.Second, "time a pass spends delivering reports before leaving them queued")
+	}
+}
+
+func (c *agentConfig) validate() error {
+	switch {
+	case len(c.repos) == 0:
+		return usageErr("no fleet repository: set --repo or PULL_AGENT_REPO")
+	case c.host == "" || !desired.NameRE.MatchString(c.host):
+		return usageErr("--host %q must match %s", c.host, desired.NameRE)
+	case c.stateDir == "":
+		return usageErr("--state-dir is empty")
+	case c.parallel < 1:
+		return usageErr("--parallel must be at least 1")
+	case c.retryBudget < 1:
+		return usageErr("--retry-budget must be at least 1")
+	}
+	if c.gateway != "" {
+		if a, err := netip.ParseAddr(c.gateway); err != nil || !a.Is4() {
+			return usageErr("--gateway %q is not an IPv4 address", c.gateway)
+		}
+	}
+	abs, err := filepath.Abs(c.stateDir)
+	if err != nil {
+		return err
+	}
+	c.stateDir = abs
+	return nil
+}
+
+func (c *agentConfig) repoCABundle() ([]byte, error) {
+	if c.repoCA == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.repoCA)
+	if err != nil {
+		return nil, fmt.Errorf("--repo-ca: %w", err)
+	}
+	return b, nil
+}
+
+func parseAgentFlags(name string, args []string, withMaster bool, extra func(*flags, *agentConfig), stderr io.Writer) (*agentConfig, error) {
+	c := &agentConfig{}
+	f := newFlags(name, name+" [flags]", stderr)
+	c.bind(f, withMaster)
+	if extra != nil {
+		extra(f, c)
+	}
+	if err := f.Parse(args); err != nil {
+		return nil, err
+	}
+	if f.fs.NArg() > 0 {
+		return nil, usageErr("%s takes no arguments, got %q", name, f.fs.Args())
+	}
+	return c, c.validate()
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// Exit codes. once: 0 every decky converged, 1 some decky failed, 3 the
+// pass could not start. plan: 0 nothing would change, 2 something would.
+const (
+	exitOK       = 0
+	exitFailed   = 1
+	exitUsage    = 2
+	exitChanges  = 2
+	exitNoStart  = 3
+	exitInternal = 4
+)
+
+// startError marks failures that stop a pass before any decky is touched:
+// fetch, parse, detection, Docker unreachable.
+type startError struct{ err error }
+
+func (e *startError) Error() string { return e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
+
+func noStart(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &startError{err}
+}
+
+const usage = `pull-agent: pull-based GitOps agent for DECNET honeypot workers
+
+usage: pull-agent <command> [flags]
+
+commands:
+  once       run one pass: pull, relocalize, diff, apply, report
+  run        repeat the pass every --interval until stopped
+  plan       print the change set of a pass without changing anything
+  validate   check a fleet repository directory (for the fleet repo's CI)
+  master     run the reference master that records reports
+  reap       remove every container and network this agent owns
+  version    print the version
+
+Run 'pull-agent <command> -h' for the flags of a command.
+`
+
+// run is the whole program, testable in-process.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	var err error
+	switch cmd {
+	case "once":
+		return cmdOnce(ctx, rest, stdout, stderr)
+	case "run":
+		err = cmdRun(ctx, rest, stdout, stderr)
+	case "plan":
+		return cmdPlan(ctx, rest, stdout, stderr)
+	case "validate":
+		return cmdValidate(rest, stdout, stderr)
+	case "master":
+		err = cmdMaster(ctx, rest, stdout, stderr)
+	case "reap":
+		err = cmdReap(ctx, rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "pull-agent", version)
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "pull-agent: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+	return exitCode(err, stderr)
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	var se *startError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(stderr, "pull-agent:", err)
+		return exitUsage
+	case errors.As(err, &se):
+		fmt.Fprintln(stderr, "pull-agent: pass could not start:", err)
+		return exitNoStart
+	case errors.Is(err, context.Canceled):
+		return exitOK
+	default:
+		fmt.Fprintln(stderr, "pull-agent:", err)
+		return exitInternal
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func usageErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// logOptions are the logging flags every command shares.
+type logOptions struct {
+	level  string
+	format string
+}
+
+func (o *logOptions) bind(f *flags) {
+	f.String(&o.level, "log-level", "info", "log level: debug, info, warn or error")
+	f.String(&o.format, "log-format", "text", "log format: text or json")
+}
+
+func (o *logOptions) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.level)); err != nil {
+		return nil, usageErr("--log-level %q: %v", o.level, err)
+	}
+	hopt := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(o.format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopt)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopt)), nil
+	}
+	return nil, usageErr("--log-format %q: want text or json", o.format)
+}
+
+func defaultHost() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	// A host name with a domain maps to hosts/<first label>.yaml.
+	h, _, _ = strings.Cut(strings.ToLower(h), ".")
+	return h
+}

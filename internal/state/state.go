@@ -1,0 +1,119 @@
+// Package state is the agent's small persistent memory in the state
+// directory: the addresses it chose, what it last applied and verified,
+// and each decky's failures at its current desired hash. It is written
+// atomically after every pass, so a crash loses at most that pass.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Version of the file layout.
+const Version = 1
+
+// File is the state file's name inside the state directory.
+const File = "state.json"
+
+// Address is a decky's chosen address on the decoy LAN.
+type Address struct {
+	IP  netip.Addr `json:"ip"`
+	MAC string     `json:"mac"`
+}
+
+// Failure counts a decky's failed attempts at one desired hash.
+type Failure struct {
+	Hash     string    `json:"hash"`
+	Count    int       `json:"count"`
+	Error    string    `json:"error"`
+	Reported bool      `json:"reported"` // quarantine already reported
+	Last     time.Time `json:"last"`
+}
+
+// State is the agent's memory between passes.
+type State struct {
+	Version     int                `json:"version"`
+	Host        string             `json:"host"`
+	Subnet      netip.Prefix       `json:"subnet,omitzero"` // LAN the addresses belong to
+	LastCommit  string             `json:"last_commit,omitempty"`
+	LastRemote  string             `json:"last_remote,omitempty"`
+	LastFetchOK time.Time          `json:"last_fetch_ok,omitzero"`
+	LastApply   time.Time          `json:"last_apply,omitzero"`
+	LastClean   bool               `json:"last_clean"` // last pass converged every decky
+	Addresses   map[string]Address `json:"addresses"`
+	Applied     map[string]string  `json:"applied"` // decky -> hash applied and verified
+	Failures    map[string]Failure `json:"failures"`
+}
+
+// Load reads the state file in dir; a missing file gives an empty state.
+func Load(dir, host string) (*State, error) {
+	s := &State{Version: Version, Host: host}
+	data, err := os.ReadFile(filepath.Join(dir, File))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if err := json.Unmarshal(data, s); err != nil {
+			return nil, fmt.Errorf("state file %s is corrupt (%v); move it away to start afresh", filepath.Join(dir, File), err)
+		}
+		if s.Host != host {
+			return nil, fmt.Errorf("state directory %s belongs to host %q, not %q; use another --state-dir", dir, s.Host, host)
+		}
+	}
+	if s.Addresses == nil {
+		s.Addresses = map[string]Address{}
+	}
+	if s.Applied == nil {
+		s.Applied = map[string]string{}
+	}
+	if s.Failures == nil {
+		s.Failures = map[string]Failure{}
+	}
+	return s, nil
+}
+
+// Save writes the state atomically.
+func (s *State) Save(dir string) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".state-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), filepath.Join(dir, File))
+}
+
+// Previous returns the addresses to keep sticky on subnet: addresses of
+// another subnet are forgotten (the LAN changed under the worker).
+func (s *State) Previous(subnet netip.Prefix) map[string]netip.Addr {
+	out := map[string]netip.Addr{}
+	for name, a := range s.Addresses {
+		if subnet.Contains(a.IP) {
+			out[name] = a.IP
+		}
+	}
+	return out
+}
