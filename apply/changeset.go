@@ -134,7 +134,7 @@ func (cs ChangeSet) WriteTable(w io.Writer) error {
 
 func (e Entry) detail() string {
 	var parts []string
-	if e.RecreateBase {
+	if e.RecreateBase && e.Action != Create {
 		parts = append(parts, "recreate base")
 	}
 	if len(e.Services) > 0 {

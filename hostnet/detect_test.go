@@ -40,7 +40,7 @@ func TestDetectNamedInterfaceUsesItsOwnGateway(t *testing.T) {
 }
 
 func TestDetectInNamespace(t *testing.T) {
-	l := testlan.New(t, testlan.Options{Subnet: "203.0.113.0/24"})
+	l := testlan.New(t, testlan.Options{})
 	peer := "pb" + strings.TrimPrefix(l.Parent, "pa")
 	d, err := NewDetectorAt(l.NS)
 	if err != nil {
@@ -75,14 +75,15 @@ func TestDetectInNamespace(t *testing.T) {
 
 	ipCmd(t, "-n", l.NS, "route", "add", "default", "via", l.Gateway.String(), "dev", peer)
 	// A secondary address must not be taken as the primary network.
-	ipCmd(t, "-n", l.NS, "addr", "add", "203.0.113.77/24", "dev", peer)
+	second := l.Peer.Next().Next()
+	ipCmd(t, "-n", l.NS, "addr", "add", netip.PrefixFrom(second, l.Subnet.Bits()).String(), "dev", peer)
 
 	t.Run("default route interface", func(t *testing.T) {
 		lan, err := d.Detect(ctx, Options{Interface: "auto"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := []netip.Addr{l.Peer, netip.MustParseAddr("203.0.113.77")}
+		want := []netip.Addr{l.Peer, second}
 		if lan.Interface != peer || lan.Subnet != l.Subnet || lan.Gateway != l.Gateway || len(lan.HostAddrs) != 2 || lan.HostAddrs[0] != want[0] || lan.HostAddrs[1] != want[1] {
 			t.Fatalf("got %+v", lan)
 		}
@@ -90,6 +91,7 @@ func TestDetectInNamespace(t *testing.T) {
 
 	t.Run("equal default routes on two interfaces are ambiguous", func(t *testing.T) {
 		ipCmd(t, "-n", l.NS, "link", "add", "pdx0", "type", "veth", "peer", "name", "pdx1")
+		// In the namespace only: nothing here reaches the machine's own routes.
 		ipCmd(t, "-n", l.NS, "addr", "add", "192.0.2.5/24", "dev", "pdx0")
 		ipCmd(t, "-n", l.NS, "link", "set", "pdx0", "up")
 		ipCmd(t, "-n", l.NS, "link", "set", "pdx1", "up")

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
 	error        TEXT NOT NULL DEFAULT '',
 	commit_sha   TEXT NOT NULL DEFAULT '',
 	config_hash  TEXT NOT NULL DEFAULT '',
+	note         TEXT NOT NULL DEFAULT '',
 	started_at   TEXT NOT NULL DEFAULT '',
 	completed_at TEXT NOT NULL DEFAULT '',
 	received_at  TEXT NOT NULL
@@ -113,9 +114,9 @@ ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excl
 	added := 0
 	for _, e := range b.Lifecycle {
 		res, err := tx.ExecContext(ctx, `
-INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, started_at, completed_at, received_at)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING`,
-			e.EventID, b.Host, e.Seq, e.DeckyName, e.Operation, e.Status, e.Error, e.Commit, e.ConfigHash, ts(e.StartedAt), ts(e.CompletedAt), ts(now))
+INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_at, completed_at, received_at)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING`,
+			e.EventID, b.Host, e.Seq, e.DeckyName, e.Operation, e.Status, e.Error, e.Commit, e.ConfigHash, e.Note, ts(e.StartedAt), ts(e.CompletedAt), ts(now))
 		if err != nil {
 			return 0, err
 		}
@@ -265,6 +266,7 @@ type EventRow struct {
 	Error       string `json:"error,omitempty"`
 	Commit      string `json:"commit,omitempty"`
 	ConfigHash  string `json:"config_hash,omitempty"`
+	Note        string `json:"note,omitempty"`
 	StartedAt   string `json:"started_at,omitempty"`
 	CompletedAt string `json:"completed_at,omitempty"`
 	ReceivedAt  string `json:"received_at"`
@@ -297,7 +299,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]EventRow, error) {
 	if f.Limit <= 0 || f.Limit > 10000 {
 		f.Limit = 1000
 	}
-	q := `SELECT event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, started_at, completed_at, received_at FROM events`
+	q := `SELECT event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_at, completed_at, received_at FROM events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -310,7 +312,7 @@ func (s *Store) Events(ctx context.Context, f EventFilter) ([]EventRow, error) {
 	var out []EventRow
 	for rows.Next() {
 		var r EventRow
-		if err := rows.Scan(&r.EventID, &r.Host, &r.Seq, &r.DeckyName, &r.Operation, &r.Status, &r.Error, &r.Commit, &r.ConfigHash, &r.StartedAt, &r.CompletedAt, &r.ReceivedAt); err != nil {
+		if err := rows.Scan(&r.EventID, &r.Host, &r.Seq, &r.DeckyName, &r.Operation, &r.Status, &r.Error, &r.Commit, &r.ConfigHash, &r.Note, &r.StartedAt, &r.CompletedAt, &r.ReceivedAt); err != nil {
 			return nil, err
 		}
 		out = append(out, r)

@@ -4,16 +4,19 @@ import "time"
 
 // Event is one lifecycle result of one decky.
 type Event struct {
-	EventID    string    `json:"event_id"` // idempotency key
-	Seq        uint64    `json:"seq"`      // per-host, strictly increasing
-	Host       string    `json:"host"`
-	DeckyName  string    `json:"decky_name"`
-	Operation  string    `json:"operation"` // deploy, mutate, teardown, repair
-	Status     string    `json:"status"`    // running, succeeded, failed, quarantined
-	Error      string    `json:"error,omitempty"`
-	Commit     string    `json:"commit,omitempty"`
-	ConfigHash string    `json:"config_hash,omitempty"`
-	StartedAt  time.Time `json:"started_at,omitzero"`
+	EventID    string `json:"event_id"` // idempotency key
+	Seq        uint64 `json:"seq"`      // per-host, strictly increasing
+	Host       string `json:"host"`
+	DeckyName  string `json:"decky_name"`
+	Operation  string `json:"operation"` // deploy, mutate, teardown, repair
+	Status     string `json:"status"`    // running, succeeded, failed, quarantined
+	Error      string `json:"error,omitempty"`
+	Commit     string `json:"commit,omitempty"`
+	ConfigHash string `json:"config_hash,omitempty"`
+	// Note explains an address that differs from the repository's or from
+	// the first choice (relocalized, moved after a conflict on the LAN).
+	Note      string    `json:"note,omitempty"`
+	StartedAt time.Time `json:"started_at,omitzero"`
 	// CompletedAt is DECNET's field: UTC ISO-8601 with offset.
 	CompletedAt time.Time `json:"completed_at,omitzero"`
 }
@@ -54,13 +57,13 @@ type Heartbeat struct {
 	HostUUID      string    `json:"host_uuid"`
 	Host          string    `json:"host"`
 	AgentVersion  string    `json:"agent_version"`
-	Commit        string    `json:"commit,omitempty"`         // last applied commit
-	Remote        string    `json:"remote,omitempty"`         // redacted URL that served it
-	LastFetchOK   time.Time `json:"last_fetch_ok,omitzero"`   // last successful fetch
-	LastApply     time.Time `json:"last_apply,omitzero"`      // last completed apply
-	PassError     string    `json:"pass_error,omitempty"`     // why the last pass could not run
-	OutboxDepth   int       `json:"outbox_depth"`             // events not yet acknowledged
-	OutboxRejects int       `json:"outbox_rejected"`          // events the master refused
+	Commit        string    `json:"commit,omitempty"`       // last applied commit
+	Remote        string    `json:"remote,omitempty"`       // redacted URL that served it
+	LastFetchOK   time.Time `json:"last_fetch_ok,omitzero"` // last successful fetch
+	LastApply     time.Time `json:"last_apply,omitzero"`    // last completed apply
+	PassError     string    `json:"pass_error,omitempty"`   // why the last pass could not run
+	OutboxDepth   int       `json:"outbox_depth"`           // events not yet acknowledged
+	OutboxRejects int       `json:"outbox_rejected"`        // events the master refused
 	Status        Status    `json:"status"`
 	GeneratedAt   time.Time `json:"generated_at,omitzero"`
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/decnet/pull-agent/apply"
@@ -144,10 +143,18 @@ func (a *agent) pass(ctx context.Context) (*passResult, error) {
 		return nil, noStart(err)
 	}
 	netSpec := engine.NetworkSpec{Name: host.Network.Name, Driver: host.Network.Driver, Parent: lan.Interface, Subnet: lan.Subnet, Gateway: lan.Gateway}
-	alloc := relocalize.Allocate(relocalize.Input{
+	alloc, err := relocalize.AllocateProbed(relocalize.Input{
 		Host: a.cfg.host, LAN: lan, Pool: host.IPPool, Deckies: relocDeckies(host),
 		Previous: a.st.Previous(lan.Subnet), Reserved: foreignAddresses(containers, a.cfg.host, netSpec.Name),
-	})
+	}, notRunningAt(containers, a.cfg.host, netSpec.Name), a.prober(ctx, lan.Interface))
+	if err != nil {
+		return nil, noStart(err)
+	}
+	for name, as := range alloc.Assignments {
+		if as.Reason == relocalize.MovedAfterConflict {
+			log.WarnContext(ctx, "address conflict on the LAN; decky moved", "decky", name, "ip", as.IP, "detail", as.Detail)
+		}
+	}
 	if owner, exists, err := a.eng.NetworkOwner(ctx, netSpec.Name); err != nil {
 		return nil, noStart(err)
 	} else if exists && owner != a.cfg.host {
@@ -198,6 +205,37 @@ func (a *agent) pass(ctx context.Context) (*passResult, error) {
 	}
 	a.record(ctx, snap, host, alloc, res)
 	return res, nil
+}
+
+// prober returns the duplicate-address detection the allocation uses.
+func (a *agent) prober(ctx context.Context, iface string) relocalize.ProbeFunc {
+	if !a.cfg.probe {
+		return func([]netip.Addr) (map[netip.Addr]string, error) { return nil, nil }
+	}
+	return func(addrs []netip.Addr) (map[netip.Addr]string, error) {
+		found, err := hostnet.Probe(ctx, iface, addrs, hostnet.ProbeOptions{})
+		if err != nil {
+			return nil, err
+		}
+		out := map[netip.Addr]string{}
+		for ip, c := range found {
+			out[ip] = c.String()
+		}
+		return out, nil
+	}
+}
+
+// notRunningAt reports whether decky name is not already up at ip: only
+// addresses about to be used for the first time are probed (a running
+// decky would not answer its own probe through the macvlan parent anyway).
+func notRunningAt(cs []engine.Container, owner, network string) func(string, netip.Addr) bool {
+	held := map[string]netip.Addr{}
+	for _, c := range cs {
+		if c.Owner() == owner && c.Labels[engine.LabelRole] == engine.RoleBase {
+			held[c.Decky()] = c.Networks[network]
+		}
+	}
+	return func(name string, ip netip.Addr) bool { return held[name] != ip }
 }
 
 func (a *agent) detectLAN(ctx context.Context, host *desired.Host) (relocalize.LAN, error) {
@@ -264,7 +302,7 @@ func (a *agent) record(ctx context.Context, snap *fleetsync.Snapshot, host *desi
 	}
 	for _, r := range res.results {
 		emit(report.Event{DeckyName: r.Decky, Operation: string(r.Operation), Status: r.Status, Error: r.Error,
-			ConfigHash: r.Hash, StartedAt: r.StartedAt, CompletedAt: r.CompletedAt})
+			ConfigHash: r.Hash, StartedAt: r.StartedAt, CompletedAt: r.CompletedAt, Note: addressNote(alloc.Assignments[r.Decky])})
 		switch {
 		case r.Action == apply.Remove && r.Status == apply.Succeeded:
 			delete(st.Applied, r.Decky)
@@ -456,6 +494,17 @@ func (a *agent) deliver(ctx context.Context, hb report.Heartbeat) {
 	a.log.DebugContext(ctx, "reports delivered", "events", n)
 }
 
+// addressNote says why a decky is not where the repository put it (or
+// where a plain allocation would have): relocalized or moved after a
+// conflict. It travels in the lifecycle event.
+func addressNote(as relocalize.Assignment) string {
+	switch as.Reason {
+	case relocalize.Relocalized, relocalize.MovedAfterConflict, relocalize.Moved:
+		return fmt.Sprintf("address %s (%s): %s", as.IP, as.Reason, as.Detail)
+	}
+	return ""
+}
+
 func short(commit string) string {
 	if len(commit) > 12 {
 		return commit[:12]
@@ -476,5 +525,3 @@ func (a *agent) hostOf() *desired.Host {
 	}
 	return f.Hosts[a.cfg.host]
 }
-
-func joinLines(ss []string) string { return strings.Join(ss, "\n") }

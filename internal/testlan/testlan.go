@@ -9,13 +9,16 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // InCI reports whether the tests run in CI, where skipping is failing.
@@ -67,7 +70,11 @@ type LAN struct {
 
 // Options tune New.
 type Options struct {
-	Subnet string // default 198.51.100.0/24
+	// Subnet fixes the LAN's network; by default New picks a free /26 of
+	// the documentation ranges that no other test (in any process) holds
+	// and no Docker network or local interface overlaps, since Docker
+	// refuses two networks with overlapping pools.
+	Subnet string
 	// DefaultRoute adds a default route via the gateway on Parent with a
 	// metric high enough never to win over the machine's real one, so
 	// detection can read the gateway from the route table.
@@ -94,7 +101,7 @@ func New(t testing.TB, opt Options) *LAN {
 	t.Helper()
 	RequireRoot(t)
 	if opt.Subnet == "" {
-		opt.Subnet = "198.51.100.0/24"
+		opt.Subnet = freeSubnet(t).String()
 	}
 	sn := netip.MustParsePrefix(opt.Subnet).Masked()
 	for _, doc := range []string{"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"} {
@@ -199,4 +206,76 @@ func (l *LAN) WaitBanner(addr netip.Addr, port int, send string, timeout time.Du
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// freeSubnet reserves a /26 of the documentation ranges for the test's
+// lifetime with an flock, so tests in parallel processes never share one.
+func freeSubnet(t testing.TB) netip.Prefix {
+	t.Helper()
+	var cands []netip.Prefix
+	for _, base := range []string{"198.51.100.0", "203.0.113.0", "192.0.2.0"} {
+		a := netip.MustParseAddr(base).As4()
+		for i := 0; i < 4; i++ {
+			a[3] = byte(i * 64)
+			cands = append(cands, netip.PrefixFrom(netip.AddrFrom4(a), 26))
+		}
+	}
+	used := usedPrefixes()
+	for _, p := range cands {
+		if overlapsAny(p, used) {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), "pull-agent-testlan-"+strings.ReplaceAll(p.String(), "/", "_")+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			f.Close()
+			continue
+		}
+		t.Cleanup(func() { f.Close() })
+		return p
+	}
+	t.Fatal("no free test subnet: every /26 of the documentation ranges is in use")
+	return netip.Prefix{}
+}
+
+func overlapsAny(p netip.Prefix, used []netip.Prefix) bool {
+	for _, u := range used {
+		if u.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// usedPrefixes lists the subnets of local interfaces and Docker networks.
+func usedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+				out = append(out, p.Masked())
+			}
+		}
+	}
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return out
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nets, err := c.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return out
+	}
+	for _, n := range nets {
+		for _, cfg := range n.IPAM.Config {
+			if p, err := netip.ParsePrefix(cfg.Subnet); err == nil {
+				out = append(out, p.Masked())
+			}
+		}
+	}
+	return out
 }
