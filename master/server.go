@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/decnet/pull-agent/report"
@@ -130,6 +132,27 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// writeTable renders rows as an aligned text table (?format=table), for
+// operators reading the API with curl.
+func writeTable(w http.ResponseWriter, header []string, rows [][]string, err error) {
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		for i := range r {
+			r[i] = strings.ReplaceAll(r[i], "\n", " | ")
+		}
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	_ = tw.Flush()
+}
+
+func wantTable(r *http.Request) bool { return r.URL.Query().Get("format") == "table" }
+
 func writeJSON(w http.ResponseWriter, v any, err error) {
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -148,6 +171,14 @@ func (s *Server) hosts(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deckies(w http.ResponseWriter, r *http.Request) {
 	rows, err := s.store.Deckies(r.Context(), r.URL.Query().Get("host"))
+	if wantTable(r) {
+		var t [][]string
+		for _, d := range rows {
+			t = append(t, []string{d.Host, d.Decky, d.IP, d.State, d.Services, d.Error})
+		}
+		writeTable(w, []string{"HOST", "DECKY", "IP", "STATE", "SERVICES", "ERROR"}, t, err)
+		return
+	}
 	writeJSON(w, nonNil(rows), err)
 }
 
@@ -171,7 +202,22 @@ func (s *Server) lifecycle(w http.ResponseWriter, r *http.Request) {
 		f.Limit = n
 	}
 	rows, err := s.store.Events(r.Context(), f)
+	if wantTable(r) {
+		var t [][]string
+		for _, e := range rows {
+			t = append(t, []string{e.Host, strconv.FormatInt(e.Seq, 10), e.DeckyName, e.Operation, e.Status, shortHash(e.Commit), e.Note + e.Error})
+		}
+		writeTable(w, []string{"HOST", "SEQ", "DECKY", "OPERATION", "STATUS", "COMMIT", "NOTE/ERROR"}, t, err)
+		return
+	}
 	writeJSON(w, nonNil(rows), err)
+}
+
+func shortHash(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
 }
 
 func nonNil[T any](s []T) []T {

@@ -1,0 +1,46 @@
+# Recipes for contributors. `just --list` shows them all.
+# just itself: `npm install -g rust-just` (Debian 12 does not package it).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export GIT_CONFIG_GLOBAL := "/dev/null"
+
+# Build pull-agent and the decoy into bin/
+build:
+    mkdir -p bin
+    go build -ldflags "-X main.version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/pull-agent ./cmd/pull-agent
+    CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/decoy ./cmd/decoy
+
+# Every test, as CI runs it (installs and starts Docker when absent)
+test *args:
+    ./scripts/test.sh {{args}}
+
+# Tests of the pure and storage packages: no Docker, no root needed
+unit:
+    go test -count=1 ./desired ./relocalize ./report ./master ./apply
+
+# End-to-end tests on the real Engine, veth LANs and git remotes
+e2e:
+    ./scripts/test.sh -run 'EndToEnd|Integration' 
+
+# Benchmarks, each reported as a ratio against a baseline measured in the same run
+bench:
+    ./scripts/bench.sh
+
+# Fuzz the pure packages for a while each
+fuzz time="60s":
+    go test ./desired -run XXX -fuzz FuzzLoad -fuzztime {{time}}
+    go test ./relocalize -run XXX -fuzz FuzzAllocate -fuzztime {{time}}
+
+# gofmt, go vet and the layering rules of docs/architecture.md
+lint:
+    test -z "$(gofmt -l $(git ls-files '*.go'))" || { gofmt -l $(git ls-files '*.go'); exit 1; }
+    go vet ./...
+    ./scripts/layering.sh
+
+# Check the example fleet repository as a fleet repo's CI would
+validate:
+    go run ./cmd/pull-agent validate examples/fleet-repo
+
+# The whole loop on this machine: simulated LAN, example fleet, master, agent
+demo:
+    ./scripts/demo.sh

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs and starts what pull-agent's demo and tests need on a Debian 12
+# machine with Go: Docker Engine (Debian's docker.io), git, iproute2 and
+# curl. Idempotent: anything already present is left alone.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo --preserve-env=PATH,CI,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE "$0" "$@"
+fi
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "setup: Go is not on the PATH (expected /usr/local/go/bin); install Go 1.26 first" >&2
+  exit 1
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "setup: starting dockerd"
+  # No systemd on these machines: run the daemon in the background.
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup: dockerd did not come up; see /var/log/dockerd.log" >&2
+    tail -20 /var/log/dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+echo "setup: $(docker version --format 'Docker Engine {{.Server.Version}} (API {{.Server.APIVersion}})')"
