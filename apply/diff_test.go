@@ -1,0 +1,131 @@
+package apply
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+
+	"github.com/decnet/pull-agent/engine"
+)
+
+// observe turns rendered deckies into the containers that would run them.
+func observe(specs ...*DeckySpec) []engine.Container {
+	var out []engine.Container
+	for _, d := range specs {
+		for _, c := range d.Containers() {
+			out = append(out, engine.Container{ID: "id-" + c.Name, Name: c.Name, State: "running", Labels: maps.Clone(map[string]string(c.Config.Labels))})
+		}
+	}
+	return out
+}
+
+func edit(cs []engine.Container, name string, fn func(*engine.Container)) []engine.Container {
+	out := append([]engine.Container(nil), cs...)
+	for i := range out {
+		if out[i].Name == name {
+			out[i].Labels = maps.Clone(out[i].Labels)
+			fn(&out[i])
+		}
+	}
+	return out
+}
+
+func without(cs []engine.Container, names ...string) []engine.Container {
+	var out []engine.Container
+	for _, c := range cs {
+		drop := false
+		for _, n := range names {
+			drop = drop || c.Name == n
+		}
+		if !drop {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func summary(cs ChangeSet) string {
+	var parts []string
+	for _, e := range cs.Entries {
+		s := fmt.Sprintf("%s:%s", e.Decky, e.Action)
+		if e.Operation != "" {
+			s += "/" + string(e.Operation)
+		}
+		if e.RecreateBase {
+			s += " base"
+		}
+		if len(e.Services) > 0 {
+			s += " svc=" + strings.Join(e.Services, ",")
+		}
+		if len(e.Drop) > 0 {
+			s += " drop=" + strings.Join(e.Drop, ",")
+		}
+		if len(e.Start) > 0 {
+			s += " start=" + strings.Join(e.Start, ",")
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func TestDiff(t *testing.T) {
+	specs := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)
+	d1, d2 := specs["d1"], specs["d2"]
+	running := observe(d1, d2)
+	applied := map[string]string{"d1": d1.Hash, "d2": d2.Hash}
+	other := renderFleet(t, fleetYAML, strings.Replace(hostYAML, "server_header: nginx", "server_header: apache", 1), tree1, nil, testNet)["d1"]
+	foreign := engine.Container{ID: "f1", Name: "d2-ssh", State: "running", Labels: map[string]string{}}
+
+	tests := []struct {
+		name     string
+		desired  []*DeckySpec
+		failed   map[string]error
+		observed []engine.Container
+		applied  map[string]string
+		quar     func(string, string) bool
+		want     string
+	}{
+		{"nothing runs: create everything", []*DeckySpec{d1, d2}, nil, nil, nil, nil,
+			"d1:create/deploy base svc=http,ssh; d2:create/deploy base svc=ssh"},
+		{"everything matches: unchanged", []*DeckySpec{d1, d2}, nil, running, applied, nil,
+			"d1:unchanged; d2:unchanged"},
+		{"one service's config changed: only it is recreated", []*DeckySpec{other, d2}, nil, running, applied, nil,
+			"d1:update/mutate svc=http; d2:unchanged"},
+		{"base changed: base and all services", []*DeckySpec{d1, d2}, nil,
+			edit(running, "d1", func(c *engine.Container) { c.Labels[engine.LabelHash] = "old" }), map[string]string{}, nil,
+			"d1:update/mutate base svc=http,ssh; d2:unchanged"},
+		{"a service container stopped by hand at an applied state: repair by start", []*DeckySpec{d1, d2}, nil,
+			edit(running, "d1-ssh", func(c *engine.Container) { c.State = "exited" }), applied, nil,
+			"d1:repair/repair start=d1-ssh; d2:unchanged"},
+		{"a stopped base loses its namespace: repair recreates all", []*DeckySpec{d1, d2}, nil,
+			edit(running, "d1", func(c *engine.Container) { c.State = "exited" }), applied, nil,
+			"d1:repair/repair base svc=http,ssh; d2:unchanged"},
+		{"a container removed by hand: repair", []*DeckySpec{d1, d2}, nil, without(running, "d2-ssh"), applied, nil,
+			"d1:unchanged; d2:repair/repair svc=ssh"},
+		{"a service dropped from the decky", []*DeckySpec{d1, renderFleet(t, fleetYAML, strings.NewReplacer("services: [ssh, http]", "services: [ssh]", "      http: {server_header: nginx}\n", "").Replace(hostYAML), tree1, nil, testNet)["d1"], d2}[1:], nil,
+			running, applied, nil, "d1:update/mutate drop=http; d2:unchanged"},
+		{"a decky no longer desired is removed", []*DeckySpec{d1}, nil, running, applied, nil,
+			"d1:unchanged; d2:remove/teardown"},
+		{"a decky that cannot be applied keeps running untouched", []*DeckySpec{d1}, map[string]error{"d2": errors.New("pool exhausted")}, running, applied, nil,
+			"d1:unchanged; d2:failed/mutate"},
+		{"a foreign container holding a desired name fails that decky only", []*DeckySpec{d1, d2}, nil,
+			append(without(observe(d1), "x"), foreign), nil, nil,
+			"d1:unchanged; d2:failed/deploy"},
+		{"foreign containers are never removed", []*DeckySpec{d1}, nil,
+			append(observe(d1), engine.Container{ID: "x", Name: "d9", Labels: map[string]string{engine.LabelDecky: "d9", engine.LabelOwner: "someone-else"}}), applied, nil,
+			"d1:unchanged"},
+		{"a quarantined decky is left alone", []*DeckySpec{d1, d2}, nil, nil, nil,
+			func(d, h string) bool { return d == "d2" && h == d2.Hash },
+			"d1:create/deploy base svc=http,ssh; d2:quarantined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cs := Diff(DiffInput{Owner: "w", Desired: tt.desired, Failed: tt.failed, Observed: tt.observed, Applied: tt.applied, Quarantined: tt.quar})
+			if got := summary(cs); got != tt.want {
+				t.Errorf("\n got: %s\nwant: %s", got, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,181 @@
+package apply
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/decnet/pull-agent/desired"
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/relocalize"
+)
+
+const fleetYAML = `version: 1
+defaults: {distro: debian}
+distros:
+  debian: {image: "debian:bookworm-slim", command: [sleep, infinity]}
+services:
+  ssh:
+    image: "decoys/ssh:1"
+    ports: [22]
+    cap_add: [NET_BIND_SERVICE, NET_RAW]
+    config:
+      banner: {type: string, env: DECOY_BANNER}
+      password: {type: password, env: SSH_ROOT_PASSWORD, default: admin}
+  http:
+    build: services/http
+    config:
+      server_header: {type: string, env: SERVER_HEADER}
+`
+
+const hostYAML = `deckies:
+  - name: d1
+    services: [ssh, http]
+    nmap_os: windows
+    service_config:
+      ssh: {banner: "SSH-2.0-OpenSSH_8.9", password: toor}
+      http: {server_header: nginx}
+  - name: d2
+    services: [ssh]
+`
+
+type fakeTree map[string]string
+
+func (t fakeTree) ContextHash(dir string) (string, error) { return t[dir], nil }
+
+var testNet = engine.NetworkSpec{Name: "decnet_lan", Driver: "macvlan", Parent: "eth0",
+	Subnet: netip.MustParsePrefix("198.51.100.0/24"), Gateway: netip.MustParseAddr("198.51.100.1")}
+
+// renderFleet loads a fleet from YAML text and renders host "w".
+func renderFleet(t *testing.T, fleet, host string, tree fakeTree, addrs map[string]relocalize.Assignment, net engine.NetworkSpec) map[string]*DeckySpec {
+	t.Helper()
+	f, err := desired.Load(fstest.MapFS{
+		"fleet.yaml":               {Data: []byte(fleet)},
+		"hosts/w.yaml":             {Data: []byte(host)},
+		"services/http/Dockerfile": {Data: []byte("FROM scratch\n")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := f.Hosts["w"]
+	imgs, err := ResolveImages(t.Context(), f, h, tree, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addrs == nil {
+		addrs = map[string]relocalize.Assignment{
+			"d1": {IP: netip.MustParseAddr("198.51.100.10"), MAC: relocalize.MAC("w", "d1")},
+			"d2": {IP: netip.MustParseAddr("198.51.100.11"), MAC: relocalize.MAC("w", "d2")},
+		}
+	}
+	specs, errs := Render(RenderInput{Owner: "w", Project: "decnet", WorkingDir: "/var/lib/pull-agent",
+		Fleet: f, Host: h, Network: net, Addresses: addrs, Images: imgs})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	out := map[string]*DeckySpec{}
+	for _, s := range specs {
+		out[s.Name] = s
+	}
+	return out
+}
+
+var tree1 = fakeTree{"services/http": "1111"}
+
+func TestRenderShape(t *testing.T) {
+	d := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)["d1"]
+	b := d.Base.Config
+	if b.ContainerName != "d1" || b.Image != "debian:bookworm-slim" || b.Hostname != "d1" || b.MacAddress != relocalize.MAC("w", "d1") {
+		t.Errorf("base: %+v", b)
+	}
+	if n := b.Networks[networkKey]; n == nil || n.Ipv4Address != "198.51.100.10" {
+		t.Errorf("base network: %+v", b.Networks)
+	}
+	if b.Sysctls["net.ipv4.ip_default_ttl"] != "128" || b.Sysctls["net.ipv4.tcp_ecn"] != "0" {
+		t.Errorf("windows sysctls not applied: %v", b.Sysctls)
+	}
+	if strings.Join(b.CapAdd, ",") != "NET_ADMIN" || b.Labels[engine.LabelOwner] != "w" || b.Labels[engine.LabelRole] != engine.RoleBase || b.Labels[engine.LabelDecky] != "d1" {
+		t.Errorf("base caps/labels: %v %v", b.CapAdd, b.Labels)
+	}
+	if len(d.Services) != 2 || d.Services[0].Name != "d1-http" || d.Services[1].Name != "d1-ssh" {
+		t.Fatalf("services: %+v", d.Services)
+	}
+	s := d.Services[1].Config
+	if s.NetworkMode != "service:d1" || s.Labels[engine.LabelService] != "true" || s.Labels[engine.LabelServiceName] != "ssh" {
+		t.Errorf("service namespace/labels: %q %v", s.NetworkMode, s.Labels)
+	}
+	if *s.Environment["DECOY_BANNER"] != "SSH-2.0-OpenSSH_8.9" || *s.Environment["SSH_ROOT_PASSWORD"] != "toor" || *s.Environment["NODE_NAME"] != "d1" {
+		t.Errorf("service env: %v", s.Environment)
+	}
+	if strings.Join(s.CapAdd, ",") != "NET_BIND_SERVICE,NET_RAW" {
+		t.Errorf("service caps: %v", s.CapAdd)
+	}
+	if http := d.Services[0].Config; !strings.HasPrefix(http.Image, "pull-agent/svc-http:") {
+		t.Errorf("build context image tag: %q", http.Image)
+	}
+	if s.Labels[engine.LabelHash] != d.Services[1].Hash || b.Labels[engine.LabelHash] != d.Base.Hash {
+		t.Errorf("hash labels do not carry the hashes")
+	}
+}
+
+func TestHashesFollowNormalizedInputsOnly(t *testing.T) {
+	base := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)
+	hashes := func(m map[string]*DeckySpec) map[string]string {
+		out := map[string]string{}
+		for n, d := range m {
+			out[n] = d.Hash
+			out[n+"/base"] = d.Base.Hash
+			for _, s := range d.Services {
+				out[n+"/"+s.Service] = s.Hash
+			}
+		}
+		return out
+	}
+	h0 := hashes(base)
+	tests := []struct {
+		name    string
+		fleet   string
+		host    string
+		tree    fakeTree
+		net     engine.NetworkSpec
+		addrs   map[string]relocalize.Assignment
+		changed []string // keys of h0 whose hash must change; all others must not
+	}{
+		{"comments, formatting and key order do not matter",
+			"# the fleet\n" + strings.Replace(fleetYAML, "version: 1\n", "version: 1   # v1\n", 1),
+			"deckies:\n  - services: [http, ssh]\n    name: d1\n    nmap_os: windows\n    service_config:\n      http:\n        server_header: nginx\n      ssh:\n        password: toor\n        banner: SSH-2.0-OpenSSH_8.9\n  - {name: d2, services: [ssh]}\n",
+			tree1, testNet, nil, nil},
+		{"one service's config changes only that service",
+			fleetYAML, strings.Replace(hostYAML, "server_header: nginx", "server_header: apache", 1),
+			tree1, testNet, nil, []string{"d1", "d1/http"}},
+		{"a build context's content changes the services built from it",
+			fleetYAML, hostYAML, fakeTree{"services/http": "2222"}, testNet, nil, []string{"d1", "d1/http"}},
+		{"an address change recreates the base only",
+			fleetYAML, hostYAML, tree1, testNet, map[string]relocalize.Assignment{
+				"d1": {IP: netip.MustParseAddr("198.51.100.99"), MAC: relocalize.MAC("w", "d1")},
+				"d2": {IP: netip.MustParseAddr("198.51.100.11"), MAC: relocalize.MAC("w", "d2")},
+			}, []string{"d1", "d1/base"}},
+		{"a network change recreates every base",
+			fleetYAML, hostYAML, tree1, engine.NetworkSpec{Name: "decnet_lan", Driver: "macvlan", Parent: "eth1", Subnet: testNet.Subnet, Gateway: testNet.Gateway},
+			nil, []string{"d1", "d1/base", "d2", "d2/base"}},
+		{"nmap_os changes the base's sysctls",
+			fleetYAML, strings.Replace(hostYAML, "nmap_os: windows", "nmap_os: bsd", 1), tree1, testNet, nil, []string{"d1", "d1/base"}},
+		{"an unrelated decky's change leaves the other alone",
+			fleetYAML, strings.Replace(hostYAML, "services: [ssh]\n", "services: [ssh, http]\n", 1), tree1, testNet, nil, []string{"d2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h1 := hashes(renderFleet(t, tt.fleet, tt.host, tt.tree, tt.addrs, tt.net))
+			want := map[string]bool{}
+			for _, k := range tt.changed {
+				want[k] = true
+			}
+			for k, v := range h0 {
+				if got := h1[k]; (got != v) != want[k] {
+					t.Errorf("%s: changed=%v, want changed=%v", k, got != v, want[k])
+				}
+			}
+		})
+	}
+}
