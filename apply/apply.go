@@ -45,7 +45,7 @@ type SteadyOptions struct {
 
 // Options tune an Applier; zero fields take the defaults.
 type Options struct {
-	Parallel   int    // deckies applied at once; default 4
+	Parallel   int // deckies applied at once; default 4
 	Steady     SteadyOptions
 	LogLines   int    // container log lines quoted in a failure; default 20
 	ContextDir string // scratch directory for build contexts (required to build)

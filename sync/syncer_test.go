@@ -28,7 +28,9 @@ func newSyncer(t *testing.T, log *slog.Logger, opt fleetsync.Options) *fleetsync
 	return s
 }
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})) }
+func quietLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
 
 func TestSyncSources(t *testing.T) {
 	root := t.TempDir()
