@@ -173,7 +173,7 @@ func jitter(d time.Duration, frac float64) time.Duration {
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	f := newFlags("validate", "validate [--host NAME] DIR", stderr)
 	var host string
-	f.fs.StringVar(&host, "host", "", "also require hosts/<NAME>.yaml to exist")
+	f.String(&host, "host", "", "also require hosts/<NAME>.yaml to exist")
 	if err := f.Parse(args); err != nil {
 		return exitCode(err, stderr)
 	}

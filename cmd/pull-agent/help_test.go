@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// Every flag of every command names its environment variable in --help.
+func TestEveryFlagHasAnEnvironmentVariable(t *testing.T) {
+	flagLine := regexp.MustCompile(`^\s+-([a-z0-9-]+)`)
+	for _, cmd := range []string{"once", "run", "plan", "validate", "master", "reap"} {
+		var out bytes.Buffer
+		if code := run(context.Background(), []string{cmd, "-h"}, &out, &out); code != 0 {
+			t.Fatalf("%s -h exited %d", cmd, code)
+		}
+		lines := strings.Split(out.String(), "\n")
+		n := 0
+		for i, l := range lines {
+			m := flagLine.FindStringSubmatch(l)
+			if m == nil {
+				continue
+			}
+			n++
+			text := l
+			if i+1 < len(lines) {
+				text += lines[i+1]
+			}
+			want := "(env " + envName(m[1]) + ")"
+			if !strings.Contains(text, want) {
+				t.Errorf("%s -%s: help does not name %s:\n%s", cmd, m[1], want, text)
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s -h lists no flags:\n%s", cmd, out.String())
+		}
+	}
+}
+
+func TestFlagsReadTheEnvironment(t *testing.T) {
+	t.Setenv("PULL_AGENT_REPO", "file:///a,/b")
+	t.Setenv("PULL_AGENT_PARALLEL", "7")
+	t.Setenv("PULL_AGENT_HOST", "worker-z")
+	var out bytes.Buffer
+	c, err := parseAgentFlags("once", nil, true, nil, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.repos, " ") != "file:///a /b" || c.parallel != 7 || c.host != "worker-z" {
+		t.Errorf("env not applied: repos=%v parallel=%d host=%s", c.repos, c.parallel, c.host)
+	}
+	// The command line wins over the environment.
+	c, err = parseAgentFlags("once", []string{"--repo", "/c", "--parallel", "2"}, true, nil, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.repos, " ") != "/c" || c.parallel != 2 {
+		t.Errorf("flags did not override env: repos=%v parallel=%d", c.repos, c.parallel)
+	}
+	t.Setenv("PULL_AGENT_PARALLEL", "many")
+	if _, err := parseAgentFlags("once", nil, true, nil, &out); err == nil || !strings.Contains(err.Error(), "PULL_AGENT_PARALLEL") {
+		t.Errorf("a bad environment value must be an error naming it, got %v", err)
+	}
+}
