@@ -11,13 +11,17 @@ import (
 // addresses keep their user name, which is not a secret.
 func Redact(remote string) string {
 	u, err := url.Parse(remote)
-	if err != nil || u.Scheme == "" || u.Host == "" {
+	if err != nil || u.Scheme == "" || u.Host == "" || u.User == nil {
 		return remote
 	}
-	if u.User != nil {
-		u.User = url.User("***")
+	_, hasPassword := u.User.Password()
+	if !hasPassword && (u.Scheme == "ssh" || u.Scheme == "git+ssh") {
+		return remote // an SSH user name (git@) is not a secret
 	}
-	return u.String()
+	// Over HTTP a lone user name may itself be a token (GitHub accepts
+	// that), so all user-info goes.
+	u.User = nil
+	return strings.Replace(u.String(), "://", "://***@", 1)
 }
 
 var userinfoRE = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@`)

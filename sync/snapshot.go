@@ -23,7 +23,9 @@ type Snapshot struct {
 	Ref     string    // the ref it was read from
 	When    time.Time // committer time
 	Fetched bool      // objects were transferred in this call
+	Signer  string    // who signed the commit, when signatures are checked
 	tree    *object.Tree
+	commit  *object.Commit
 }
 
 var (

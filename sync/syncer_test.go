@@ -55,7 +55,7 @@ func TestSyncSources(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{tt.remote}, CABundle: tt.ca})
-			snap, err := s.Sync(context.Background())
+			snap, err := s.Sync(context.Background(), "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +77,7 @@ func TestHTTPSWithoutCAIsRefused(t *testing.T) {
 	repo.Commit("first")
 	url, _ := gittest.HTTPS(t, root, nil)
 	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url + "/fleet.git"}})
-	if _, err := s.Sync(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := s.Sync(context.Background(), ""); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("want a certificate error, got %v", err)
 	}
 }
@@ -98,11 +98,11 @@ func TestNoOpSyncTransfersNothing(t *testing.T) {
 	})
 	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url + "/fleet.git"}})
 	ctx := context.Background()
-	if _, err := s.Sync(ctx); err != nil {
+	if _, err := s.Sync(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
 	before := uploads.Load()
-	snap, err := s.Sync(ctx)
+	snap, err := s.Sync(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestNoOpSyncTransfersNothing(t *testing.T) {
 	}
 	repo.Write(map[string]string{"hosts/a.yaml": "deckies: []\n"})
 	second := repo.Commit("second")
-	snap, err = s.Sync(ctx)
+	snap, err = s.Sync(ctx, "")
 	if err != nil || !snap.Fetched || snap.Commit != second {
 		t.Fatalf("after a push: fetched=%v commit=%s err=%v, want %s", snap.Fetched, snap.Commit, err, second)
 	}
@@ -129,7 +129,7 @@ func TestFallbackToMirror(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	dead := "http://127.0.0.1:1/fleet.git"
 	s := newSyncer(t, log, fleetsync.Options{Remotes: []string{dead, repo.FileURL()}})
-	snap, err := s.Sync(context.Background())
+	snap, err := s.Sync(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestCorruptCloneIsRecloned(t *testing.T) {
 	head := repo.Commit("first")
 	dir := filepath.Join(t.TempDir(), "state")
 	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
-	if _, err := s.Sync(context.Background()); err != nil {
+	if _, err := s.Sync(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
 	// Delete the object packs, as a disk error or an impatient operator might.
@@ -161,7 +161,7 @@ func TestCorruptCloneIsRecloned(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	s = newSyncer(t, slog.New(slog.NewTextHandler(&logs, nil)), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
-	snap, err := s.Sync(context.Background())
+	snap, err := s.Sync(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	secret := "s3cr3t-token-value"
 	s := newSyncer(t, log, fleetsync.Options{Remotes: []string{"http://oauth2:" + secret + "@127.0.0.1:1/fleet.git"}})
-	_, err := s.Sync(context.Background())
+	_, err := s.Sync(context.Background(), "")
 	if err == nil {
 		t.Fatal("want an error from a dead remote")
 	}
@@ -193,7 +193,7 @@ func TestSnapshotContextHashAndMaterialize(t *testing.T) {
 	repo.Write(map[string]string{"ctx/a/Dockerfile": "FROM scratch\n", "ctx/a/sub/x": "x", "ctx/b/Dockerfile": "FROM scratch\n", "ctx/b/sub/x": "x"})
 	repo.Commit("first")
 	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}})
-	snap, err := s.Sync(context.Background())
+	snap, err := s.Sync(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestSnapshotContextHashAndMaterialize(t *testing.T) {
 	}
 	repo.Write(map[string]string{"ctx/b/sub/x": "y"})
 	repo.Commit("change b")
-	snap, _ = s.Sync(context.Background())
+	snap, _ = s.Sync(context.Background(), "")
 	ha2, _ := snap.ContextHash("ctx/a")
 	hb2, _ := snap.ContextHash("ctx/b")
 	if ha2 != ha || hb2 == hb {
@@ -216,5 +216,24 @@ func TestSnapshotContextHashAndMaterialize(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(filepath.Join(dst, "sub", "x")); string(data) != "y" {
 		t.Fatalf("materialized content = %q", data)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://user:tok@example.org/fleet.git":  "https://***@example.org/fleet.git",
+		"https://ghp_token@example.org/fleet.git": "https://***@example.org/fleet.git",
+		"ssh://git@example.org/fleet.git":         "ssh://git@example.org/fleet.git",
+		"ssh://git:pw@example.org/fleet.git":      "ssh://***@example.org/fleet.git",
+		"git@example.org:ops/fleet.git":           "git@example.org:ops/fleet.git",
+		"/srv/mirror/fleet.git":                   "/srv/mirror/fleet.git",
+		"file:///srv/mirror/fleet.git":            "file:///srv/mirror/fleet.git",
+	} {
+		if got := fleetsync.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := fleetsync.RedactText(`Get "https://u:secret@h/x": failed`, "secret"); strings.Contains(got, "secret") {
+		t.Errorf("RedactText left the secret: %s", got)
 	}
 }

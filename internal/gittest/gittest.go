@@ -32,9 +32,15 @@ func Env() []string {
 // Git runs git in dir and returns its trimmed output.
 func Git(t testing.TB, dir string, args ...string) string {
 	t.Helper()
+	return GitEnv(t, dir, nil, args...)
+}
+
+// GitEnv is Git with extra environment variables.
+func GitEnv(t testing.TB, dir string, env []string, args ...string) string {
+	t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
-	cmd.Env = Env()
+	cmd.Env = append(Env(), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -46,7 +52,9 @@ func Git(t testing.TB, dir string, args ...string) string {
 type Repo struct {
 	Work string // working tree
 	Bare string // bare repository operators push to; serve this
-	t    testing.TB
+	// Signer, when set, signs every commit made with Commit.
+	Signer *Signer
+	t      testing.TB
 }
 
 // New creates an empty repository on branch main and its bare origin,
@@ -84,9 +92,71 @@ func (r *Repo) Write(files map[string]string) {
 func (r *Repo) Commit(msg string, args ...string) string {
 	r.t.Helper()
 	Git(r.t, r.Work, "add", "-A")
-	Git(r.t, r.Work, append([]string{"commit", "-q", "--allow-empty", "-m", msg}, args...)...)
+	var cfg, env []string
+	if r.Signer != nil {
+		cfg, env = r.Signer.config, r.Signer.env
+		args = append(args, "-S")
+	}
+	GitEnv(r.t, r.Work, env, append(append(cfg, "commit", "-q", "--allow-empty", "-m", msg), args...)...)
 	Git(r.t, r.Work, "push", "-q", "-f", "origin", "HEAD:main")
 	return Git(r.t, r.Work, "rev-parse", "HEAD")
+}
+
+// Reset moves the working copy's branch back (for force-push tests).
+func (r *Repo) Reset(rev string) {
+	r.t.Helper()
+	Git(r.t, r.Work, "reset", "-q", "--hard", rev)
+}
+
+// Signer signs commits with gpg or ssh-keygen in a temporary home.
+type Signer struct {
+	// Trust is the file the agent trusts: an armored OpenPGP keyring or an
+	// allowed_signers file.
+	Trust  string
+	config []string
+	env    []string
+}
+
+// NewGPGSigner makes an OpenPGP key in a temporary GNUPGHOME.
+func NewGPGSigner(t testing.TB, name string) *Signer {
+	t.Helper()
+	home := t.TempDir()
+	gpg := func(args ...string) string {
+		cmd := exec.Command("gpg", append([]string{"--batch", "--homedir", home, "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("gpg %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	email := name + "@example.org"
+	gpg("--quick-gen-key", name+" <"+email+">", "ed25519", "sign", "never")
+	trust := filepath.Join(t.TempDir(), name+".asc")
+	if err := os.WriteFile(trust, []byte(gpg("--armor", "--export", email)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run() })
+	return &Signer{Trust: trust, config: []string{"-c", "gpg.format=openpgp", "-c", "user.signingkey=" + email}, env: []string{"GNUPGHOME=" + home}}
+}
+
+// NewSSHSigner makes an ed25519 key and an allowed_signers file for it.
+func NewSSHSigner(t testing.TB, name string) *Signer {
+	t.Helper()
+	dir := t.TempDir()
+	key := filepath.Join(dir, name)
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust := filepath.Join(dir, "allowed_signers")
+	line := name + "@example.org namespaces=\"git\" " + strings.TrimSpace(string(pub)) + "\n"
+	if err := os.WriteFile(trust, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &Signer{Trust: trust, config: []string{"-c", "gpg.format=ssh", "-c", "user.signingkey=" + key + ".pub"}}
 }
 
 // FileURL is the file:// URL of the bare origin.
