@@ -23,8 +23,8 @@ e2e:
     ./scripts/test.sh -run 'EndToEnd|Integration' 
 
 # Benchmarks, each reported as a ratio against a baseline measured in the same run
-bench:
-    ./scripts/bench.sh
+bench benchtime="20x":
+    BENCHTIME={{benchtime}} ./scripts/bench.sh
 
 # Fuzz the pure packages for a while each
 fuzz time="60s":

@@ -19,6 +19,7 @@ import (
 	"github.com/docker/compose/v2/pkg/api"
 	"github.com/docker/compose/v2/pkg/compose"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
@@ -401,4 +402,46 @@ func (h *logrusHook) Fire(e *logrus.Entry) error {
 	// here (builds go to the Engine's own BuildKit), so keep it at debug.
 	h.log.Debug(e.Message, "level", e.Level.String())
 	return nil
+}
+
+// Event is a change to an owned container.
+type Event struct {
+	Time   time.Time
+	Action string // die, stop, kill, destroy, start, ...
+	ID     string
+	Name   string
+	Decky  string
+}
+
+// Events streams the Engine's events about containers this agent owns
+// until ctx ends. The error channel yields once if the stream breaks.
+func (d *Docker) Events(ctx context.Context) (<-chan Event, <-chan error) {
+	out := make(chan Event, 64)
+	errc := make(chan error, 1)
+	msgs, errs := d.api.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)),
+		filters.Arg("label", LabelOwner+"="+d.owner),
+	)})
+	go func() {
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					errc <- errors.New("event stream closed")
+					return
+				}
+				ev := Event{Time: time.Unix(0, m.TimeNano), Action: string(m.Action), ID: m.Actor.ID,
+					Name: m.Actor.Attributes["name"], Decky: m.Actor.Attributes[LabelDecky]}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return
+				}
+			case err := <-errs:
+				errc <- err
+				return
+			}
+		}
+	}()
+	return out, errc
 }

@@ -193,12 +193,11 @@ func retryAfter(v string) (time.Duration, bool) {
 	return 0, false
 }
 
-// Flush sends pending events in order, in batches, each with the latest
-// heartbeat; with no events pending it sends the heartbeat alone. It stops
-// at the first batch that cannot be delivered (the events stay queued) and
-// returns how many events were acknowledged.
-func (s *Sender) Flush(ctx context.Context) (int, error) {
-	hb, _ := s.box.Heartbeat()
+// Flush sends pending events in order, in batches, each with the
+// heartbeat hb; with no events pending it sends the heartbeat alone. It
+// stops at the first batch that cannot be delivered (the events stay
+// queued) and returns how many events were acknowledged.
+func (s *Sender) Flush(ctx context.Context, hb Heartbeat) (int, error) {
 	sent := 0
 	for {
 		events, err := s.box.Pending(s.opt.BatchSize)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/decnet/pull-agent/apply"
@@ -25,14 +27,22 @@ type agent struct {
 	cfg      *agentConfig
 	log      *slog.Logger
 	readOnly bool // plan: never writes state, never mutates Docker
-	lock     *state.Lock
-	st       *state.State
-	syncer   *fleetsync.Syncer
-	eng      *engine.Docker
-	det      *hostnet.Detector
-	box      *report.Outbox
-	sender   *report.Sender
-	cleanup  []func()
+	// dirty is set when something outside a pass may have changed the
+	// worker (a Docker event on an owned container, a lost event stream):
+	// the next pass reconciles fully even if the commit did not move.
+	dirty atomic.Bool
+	// lastStatus is the runtime picture of the last full pass, reused by
+	// passes that had nothing to do (they make no Docker call).
+	lastStatus *report.Status
+	hostUUID   string // the host file's host_uuid, for reports
+	lock       *state.Lock
+	st         *state.State
+	syncer     *fleetsync.Syncer
+	eng        *engine.Docker
+	det        *hostnet.Detector
+	box        *report.Outbox
+	sender     *report.Sender
+	cleanup    []func()
 }
 
 func newAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger, readOnly bool) (a *agent, err error) {
@@ -64,7 +74,16 @@ func newAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger, readOnly 
 	if err != nil {
 		return nil, err
 	}
-	a.syncer, err = fleetsync.New(fleetsync.Options{Remotes: cfg.repos, Ref: cfg.ref, Dir: gitDir, Timeout: cfg.gitTimeout, CABundle: ca}, a.log)
+	creds, err := cfg.credentials()
+	if err != nil {
+		return nil, err
+	}
+	a.syncer, err = fleetsync.New(fleetsync.Options{
+		Remotes: cfg.repos, Ref: cfg.ref, Pin: cfg.pin, Dir: gitDir, Timeout: cfg.gitTimeout,
+		CABundle: ca, Proxy: cfg.repoProxy, Credentials: creds,
+		Trust:         fleetsync.TrustOptions{GPGKeyRing: cfg.trustGPG, SSHAllowedSigners: cfg.trustSSH},
+		AllowRollback: cfg.allowRollback,
+	}, a.log)
 	if err != nil {
 		return nil, err
 	}
@@ -109,6 +128,7 @@ func (a *agent) close() {
 // passResult is what one pass did.
 type passResult struct {
 	commit  string
+	skipped bool // nothing moved: the pass stopped after the ref advertisement
 	changes apply.ChangeSet
 	results []apply.Result
 	failed  int // deckies that are not converged (failed, quarantined)
@@ -116,16 +136,26 @@ type passResult struct {
 
 // pass runs one reconcile: sync, parse, relocalize, diff and (unless
 // read-only) apply and record. Errors before any decky is touched are
-// startErrors.
-func (a *agent) pass(ctx context.Context) (*passResult, error) {
-	snap, err := a.syncer.Sync(ctx)
+// startErrors. Unless full is set, a pass whose commit has not moved since
+// a clean pass, with no sign of drift, stops after the ref advertisement:
+// no object transfer, no Docker call.
+func (a *agent) pass(ctx context.Context, full bool) (*passResult, error) {
+	snap, err := a.syncer.Sync(ctx, a.st.LastCommit)
 	if err != nil {
+		var re *fleetsync.RefusedError
+		if errors.As(err, &re) {
+			return nil, noStart(fmt.Errorf("%w; the deckies keep running as they are", err))
+		}
 		return nil, noStart(fmt.Errorf("cannot fetch the fleet repository: %w", err))
 	}
 	log := a.log.With("commit", short(snap.Commit))
 	if !a.readOnly {
 		a.st.LastFetchOK, a.st.LastRemote = time.Now().UTC(), snap.Remote
 	}
+	if !full && !a.readOnly && !snap.Fetched && snap.Commit == a.st.LastCommit && a.st.LastClean && a.lastStatus != nil && !a.dirty.Load() {
+		return &passResult{commit: snap.Commit, skipped: true}, nil
+	}
+	a.dirty.Store(false)
 	fleet, err := desired.Load(snap)
 	if err != nil {
 		return nil, noStart(fmt.Errorf("fleet repository at commit %s is invalid; nothing was changed:\n%w", short(snap.Commit), err))
@@ -353,19 +383,28 @@ func (a *agent) record(ctx context.Context, snap *fleetsync.Snapshot, host *desi
 	}
 }
 
-// heartbeat builds the current state report from what runs now.
-func (a *agent) heartbeat(ctx context.Context, host *desired.Host, passErr error) report.Heartbeat {
+// baseHeartbeat is the heartbeat without the runtime picture.
+func (a *agent) baseHeartbeat(passErr error) report.Heartbeat {
 	hb := report.Heartbeat{
 		HostUUID: a.cfg.host, Host: a.cfg.host, AgentVersion: version,
 		Commit: a.st.LastCommit, Remote: a.st.LastRemote,
 		LastFetchOK: a.st.LastFetchOK, LastApply: a.st.LastApply, GeneratedAt: time.Now().UTC(),
 	}
+	if a.hostUUID != "" {
+		hb.HostUUID = a.hostUUID
+	}
 	if passErr != nil {
 		hb.PassError = fleetsync.RedactText(passErr.Error())
 	}
-	if host != nil && host.HostUUID != "" {
-		hb.HostUUID = host.HostUUID
+	return hb
+}
+
+// heartbeat builds the current state report from what runs now.
+func (a *agent) heartbeat(ctx context.Context, host *desired.Host, passErr error) report.Heartbeat {
+	if host != nil {
+		a.hostUUID = host.HostUUID
 	}
+	hb := a.baseHeartbeat(passErr)
 	containers, err := a.eng.ListContainers(ctx)
 	if err != nil {
 		if prev, ok := a.box.Heartbeat(); ok {
@@ -373,7 +412,9 @@ func (a *agent) heartbeat(ctx context.Context, host *desired.Host, passErr error
 		}
 		return hb
 	}
-	hb.Status = runtimeStatus(containers, a.cfg.host, host, a.st)
+	st := runtimeStatus(containers, a.cfg.host, host, a.st)
+	a.lastStatus = &st
+	hb.Status = st
 	return hb
 }
 
@@ -474,19 +515,23 @@ func values(m map[string]string) []string {
 	return out
 }
 
-// deliver stores the heartbeat and sends the outbox, within the report
-// deadline; undelivered events stay queued for the next pass.
-func (a *agent) deliver(ctx context.Context, hb report.Heartbeat) {
+// deliver sends the outbox with the heartbeat, within the report deadline;
+// undelivered events stay queued for the next pass. persist stores the
+// heartbeat too (after passes that changed the picture), so a restarted
+// agent has one to send before its first full pass.
+func (a *agent) deliver(ctx context.Context, hb report.Heartbeat, persist bool) {
 	hb.OutboxDepth, hb.OutboxRejects = a.box.Depth(), a.box.Rejected()
-	if err := a.box.SetHeartbeat(hb); err != nil {
-		a.log.ErrorContext(ctx, "cannot store heartbeat", "err", err)
+	if persist {
+		if err := a.box.SetHeartbeat(hb); err != nil {
+			a.log.ErrorContext(ctx, "cannot store heartbeat", "err", err)
+		}
 	}
 	if a.sender == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.reportTimeout)
 	defer cancel()
-	n, err := a.sender.Flush(ctx)
+	n, err := a.sender.Flush(ctx, hb)
 	if err != nil {
 		a.log.WarnContext(ctx, "reports not delivered; kept in the outbox for the next pass", "delivered", n, "pending", a.box.Depth(), "err", err)
 		return

@@ -11,9 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/decnet/pull-agent/apply"
@@ -25,12 +23,20 @@ import (
 
 // onePass runs a pass and reports it; it returns the pass result (nil
 // when it could not start) and the pass error.
-func (a *agent) onePass(ctx context.Context) (*passResult, error) {
-	res, err := a.pass(ctx)
+func (a *agent) onePass(ctx context.Context, full bool) (*passResult, error) {
+	res, err := a.pass(ctx, full)
 	if err != nil {
 		a.log.ErrorContext(ctx, "pass could not start", "err", err)
 	}
-	a.deliver(ctx, a.heartbeat(ctx, a.hostOf(), err))
+	if res != nil && res.skipped {
+		// Nothing moved: the last picture stands, with fresh liveness.
+		hb := a.baseHeartbeat(nil)
+		hb.Status = *a.lastStatus
+		a.deliver(ctx, hb, false)
+		return res, nil
+	}
+	host := a.hostOf()
+	a.deliver(ctx, a.heartbeat(ctx, host, err), true)
 	if err := a.st.Save(a.cfg.stateDir); err != nil {
 		a.log.ErrorContext(ctx, "cannot save state", "err", err)
 	}
@@ -51,7 +57,7 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitCode(noStart(err), stderr)
 	}
 	defer a.close()
-	res, err := a.onePass(ctx)
+	res, err := a.onePass(ctx, true)
 	if err != nil {
 		return exitCode(err, stderr)
 	}
@@ -102,7 +108,7 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitCode(noStart(err), stderr)
 	}
 	defer a.close()
-	res, err := a.pass(ctx)
+	res, err := a.pass(ctx, true)
 	if err != nil {
 		return exitCode(err, stderr)
 	}
@@ -119,50 +125,6 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitChanges
 	}
 	return exitOK
-}
-
-// cmdRun repeats the pass. The timer is reset to the interval with ±10%
-// jitter after each pass, so a fleet started together drifts apart; SIGHUP
-// triggers a pass at once.
-func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseAgentFlags("run", args, true, func(f *flags, c *agentConfig) {
-		f.Duration(&c.interval, "interval", 60*time.Second, "time between passes")
-	}, stderr)
-	if err != nil {
-		return err
-	}
-	if cfg.interval < time.Second {
-		return usageErr("--interval must be at least 1s")
-	}
-	log, err := cfg.log.logger(stderr)
-	if err != nil {
-		return err
-	}
-	a, err := newAgent(ctx, cfg, log, false)
-	if err != nil {
-		return noStart(err)
-	}
-	defer a.close()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	log.Info("pull-agent running", "version", version, "interval", cfg.interval, "repos", len(cfg.repos))
-	for {
-		if res, err := a.onePass(ctx); err == nil && res.changes.Changes() {
-			summarize(stdout, res)
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		wait := jitter(cfg.interval, 0.1)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-hup:
-			log.Info("SIGHUP: starting a pass now")
-		case <-time.After(wait):
-		}
-	}
 }
 
 func jitter(d time.Duration, frac float64) time.Duration {

@@ -6,30 +6,42 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/decnet/pull-agent/desired"
+	fleetsync "github.com/decnet/pull-agent/sync"
 )
 
 // agentConfig holds the flags of once, run and plan.
 type agentConfig struct {
 	log logOptions
 
-	repos       []string
-	ref         string
-	repoCA      string
-	gitTimeout  time.Duration
-	host        string
-	stateDir    string
-	iface       string
-	gateway     string
-	master      string
-	masterCA    string
-	masterCert  string
-	masterKey   string
-	masterPin   string
-	masterToken string
-	insecure    bool
+	repos         []string
+	ref           string
+	pin           string
+	repoCA        string
+	repoProxy     string
+	repoUser      string
+	repoTokenFile string
+	sshKey        string
+	sshPassFile   string
+	knownHosts    string
+	trustGPG      string
+	trustSSH      string
+	allowRollback bool
+	gitTimeout    time.Duration
+	host          string
+	stateDir      string
+	iface         string
+	gateway       string
+	master        string
+	masterCA      string
+	masterCert    string
+	masterKey     string
+	masterPin     string
+	masterToken   string
+	insecure      bool
 
 	parallel      int
 	steadyTimeout time.Duration
@@ -51,7 +63,17 @@ func (c *agentConfig) bind(f *flags, withMaster bool) {
 	c.log.bind(f)
 	f.List(&c.repos, "repo", "fleet repository URL: https://, file:// or a path to a bare mirror; tried in order")
 	f.String(&c.ref, "ref", "main", "branch (or full ref such as refs/tags/v3) to follow")
+	f.String(&c.pin, "pin", "", "apply exactly this commit (40-hex hash), which must be in --ref's history")
 	f.String(&c.repoCA, "repo-ca", "", "PEM file of extra CA roots for https fleet remotes")
+	f.String(&c.repoProxy, "repo-proxy", "", "proxy URL for http(s) fleet remotes (default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY)")
+	f.String(&c.repoUser, "repo-username", "git", "user name sent with the token for https remotes")
+	f.String(&c.repoTokenFile, "repo-token-file", "", "file holding the token or password for https remotes (or set PULL_AGENT_REPO_TOKEN; never on the command line)")
+	f.String(&c.sshKey, "repo-ssh-key", "", "private key file for ssh:// and user@host:path remotes")
+	f.String(&c.sshPassFile, "repo-ssh-passphrase-file", "", "file holding the SSH key's passphrase")
+	f.String(&c.knownHosts, "repo-known-hosts", "", "known_hosts file for SSH remotes; unknown or changed host keys are refused")
+	f.String(&c.trustGPG, "trust-gpg-keyring", "", "armored OpenPGP keyring: apply only commits signed by one of its keys")
+	f.String(&c.trustSSH, "trust-ssh-allowed-signers", "", "git allowed_signers file: apply only commits SSH-signed by a listed key")
+	f.Bool(&c.allowRollback, "allow-rollback", false, "accept a commit that does not descend from the last applied one (after a deliberate force-push)")
 	f.Duration(&c.gitTimeout, "git-timeout", 2*time.Minute, "deadline of each git network operation")
 	f.String(&c.host, "host", defaultHost(), "this worker's name: its deckies are hosts/<host>.yaml")
 	f.String(&c.stateDir, "state-dir", "/var/lib/pull-agent", "directory for the clone, state and report outbox")
@@ -100,6 +122,34 @@ func (c *agentConfig) validate() error {
 	}
 	c.stateDir = abs
 	return nil
+}
+
+// repoSecretEnv holds the fleet remote's token or password. It is an
+// environment variable only, not a flag: secrets never go on the command
+// line, where any user can read them.
+const repoSecretEnv = "PULL_AGENT_REPO_TOKEN"
+
+// credentials reads the fleet remote's secrets from files or the
+// environment.
+func (c *agentConfig) credentials() (fleetsync.Credentials, error) {
+	cr := fleetsync.Credentials{Username: c.repoUser, SSHKeyFile: c.sshKey, SSHKnownHostsFile: c.knownHosts}
+	if c.repoTokenFile != "" {
+		b, err := os.ReadFile(c.repoTokenFile)
+		if err != nil {
+			return cr, fmt.Errorf("--repo-token-file: %w", err)
+		}
+		cr.Password = strings.TrimSpace(string(b))
+	} else if v := os.Getenv(repoSecretEnv); v != "" {
+		cr.Password = v
+	}
+	if c.sshPassFile != "" {
+		b, err := os.ReadFile(c.sshPassFile)
+		if err != nil {
+			return cr, fmt.Errorf("--repo-ssh-passphrase-file: %w", err)
+		}
+		cr.SSHPassphrase = strings.TrimRight(string(b), "\r\n")
+	}
+	return cr, nil
 }
 
 func (c *agentConfig) repoCABundle() ([]byte, error) {

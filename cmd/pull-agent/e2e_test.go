@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/client"
+
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/internal/fleettest"
 	"github.com/decnet/pull-agent/internal/gittest"
@@ -23,7 +25,7 @@ import (
 // world is one end-to-end setup: a simulated LAN, a fleet repository as
 // the remote, a real master over HTTP and the agent's state directory.
 type world struct {
-	t       *testing.T
+	t       testing.TB
 	lan     *testlan.LAN
 	repo    *gittest.Repo
 	host    string // agent identity, also the prefix of every decky name
@@ -35,7 +37,7 @@ type world struct {
 	project string
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	testlan.RequireDocker(t)
 	sfx := testlan.Suffix()
@@ -69,7 +71,7 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-func readFile(t *testing.T, p string) string {
+func readFile(t testing.TB, p string) string {
 	t.Helper()
 	b, err := readAll(p)
 	if err != nil {
@@ -302,5 +304,67 @@ func TestEndToEndBrokenBuildFailsAlone(t *testing.T) {
 	}
 	if !strings.Contains(rows[0].Error, "services/broken") || !strings.Contains(rows[0].Error, "decoy-missing") {
 		t.Errorf("the failure's error text does not say what broke: %q", rows[0].Error)
+	}
+}
+
+func testDocker(t *testing.T) *client.Client { return testlan.RequireDocker(t) }
+
+// A commit the agent refuses (unsigned; rewritten history) is reported to
+// the master as a failed pass with its reason, and nothing running changes.
+func TestEndToEndRefusedCommits(t *testing.T) {
+	w := newWorld(t)
+	signer := gittest.NewSSHSigner(t, "ops")
+	w.repo.Signer = signer
+	trust := []string{"--trust-ssh-allowed-signers", signer.Trust}
+	c1 := w.commit("signed", [][2]string{{"ssh", "ssh"}}, nil)
+	if code, out := w.once(trust...); code != 0 {
+		t.Fatalf("signed commit: exit %d\n%s", code, out)
+	}
+	before := ids(w.owned(), "")
+
+	passError := func() string {
+		hosts, err := w.store.Hosts(context.Background(), time.Now(), time.Hour)
+		if err != nil || len(hosts) != 1 {
+			t.Fatalf("hosts: %v %v", hosts, err)
+		}
+		return hosts[0].PassError
+	}
+
+	w.repo.Signer = nil
+	w.commit("unsigned: adds a decky", [][2]string{{"ssh", "ssh"}, {"web", "http"}}, nil)
+	code, out := w.once(trust...)
+	if code != 3 || !strings.Contains(out, "is not signed") {
+		t.Fatalf("unsigned commit: exit %d, want 3 and the reason:\n%s", code, out)
+	}
+	if pe := passError(); !strings.Contains(pe, "is not signed") || !strings.Contains(pe, "keep running") {
+		t.Fatalf("master's pass_error = %q", pe)
+	}
+	if after := ids(w.owned(), ""); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("a refused commit changed containers: %v -> %v", before, after)
+	}
+
+	// The unsigned commit is pushed away; a signed one on c1 follows.
+	w.repo.Signer = signer
+	w.repo.Reset(c1)
+	c3 := w.commit("signed again", [][2]string{{"ssh", "ssh"}, {"ftp", "ftp"}}, nil)
+	// c3 descends from c1, which was applied: accepted.
+	if code, out := w.once(trust...); code != 0 {
+		t.Fatalf("a signed descendant of the applied commit: exit %d\n%s", code, out)
+	}
+	// Force-push rewriting c3 away.
+	w.repo.Reset(c1)
+	w.commit("rewrites c3 away", [][2]string{{"ssh", "ssh"}}, nil)
+	code, out = w.once(trust...)
+	if code != 3 || !strings.Contains(out, "does not descend from the last applied commit "+c3[:12]) {
+		t.Fatalf("force-push: exit %d, want 3 and a rollback refusal:\n%s", code, out)
+	}
+	if _, ok := w.owned()[w.name("ftp")]; !ok {
+		t.Fatal("a refused rollback removed a decky")
+	}
+	if code, out := w.once(append(trust, "--allow-rollback")...); code != 0 {
+		t.Fatalf("rollback with the override: exit %d\n%s", code, out)
+	}
+	if _, ok := w.owned()[w.name("ftp")]; ok {
+		t.Fatal("the accepted rollback did not remove the decky it dropped")
 	}
 }

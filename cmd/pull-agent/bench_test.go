@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/decnet/pull-agent/internal/gittest"
+)
+
+// BenchmarkNoOpPassVsLsRemote measures a pass over an unmoved commit (the
+// daemon's steady state) against `git ls-remote` of the same remote, in
+// the same run and interleaved, so machine noise hits both alike. The
+// metric pass/ls-remote is the claim: at most 1.5.
+func BenchmarkNoOpPassVsLsRemote(b *testing.B) {
+	w := newWorld(b)
+	w.master = "" // the pass itself, not the heartbeat delivery
+	w.commit("one decky", [][2]string{{"ssh", "ssh"}}, nil)
+	remotes := map[string]string{
+		"file": w.repo.FileURL(),
+		"http": gittest.HTTP(b, w.repo.Work+"/..", nil) + "/fleet.git",
+	}
+	for _, kind := range []string{"file", "http"} {
+		remote := remotes[kind]
+		b.Run(kind, func(b *testing.B) {
+			a := w.newRunAgent(b, remote)
+			ctx := context.Background()
+			if _, err := a.onePass(ctx, false); err != nil {
+				b.Fatal(err)
+			}
+			var pass, ls time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				res, err := a.onePass(ctx, false)
+				pass += time.Since(t0)
+				if err != nil || !res.skipped {
+					b.Fatalf("not a no-op pass: %+v %v", res, err)
+				}
+				t0 = time.Now()
+				cmd := exec.Command("git", "ls-remote", remote, "refs/heads/main")
+				cmd.Env = gittest.Env()
+				out, err := cmd.Output()
+				ls += time.Since(t0)
+				if err != nil || !strings.Contains(string(out), "refs/heads/main") {
+					b.Fatalf("git ls-remote: %v %s", err, out)
+				}
+			}
+			b.ReportMetric(float64(pass.Microseconds())/float64(b.N)/1000, "pass-ms")
+			b.ReportMetric(float64(ls.Microseconds())/float64(b.N)/1000, "ls-remote-ms")
+			b.ReportMetric(float64(pass)/float64(ls), "pass/ls-remote")
+		})
+	}
+}
