@@ -293,24 +293,35 @@ func (d *Docker) EnsureNetwork(ctx context.Context, spec NetworkSpec, specHash s
 			return NetworkInfo{}, err
 		}
 	}
-	opts := map[string]string{"parent": spec.Parent}
-	if spec.Driver == "ipvlan" {
-		opts["ipvlan_mode"] = "l2"
-	}
 	cctx, cancel := d.call(ctx)
 	defer cancel()
-	resp, err := d.api.NetworkCreate(cctx, spec.Name, network.CreateOptions{
+	resp, err := d.api.NetworkCreate(cctx, spec.Name, networkCreateOptions(spec, d.owner, specHash))
+	if err != nil {
+		return NetworkInfo{}, fmt.Errorf("failed to create Docker network %s (%s on %s, %s): %w", spec.Name, spec.Driver, spec.Parent, spec.Subnet, err)
+	}
+	return NetworkInfo{ID: resp.ID, Created: existing == nil, Replaced: existing != nil}, nil
+}
+
+// networkCreateOptions renders the decoy network: macvlan in bridge mode
+// (each decky its own MAC) or ipvlan L2 (all share the parent's MAC, for
+// Wi-Fi), with no ip_range: deckies take static addresses anywhere in the
+// subnet (DECNET's covering ip_range captured LAN machines, bug N8/N9).
+func networkCreateOptions(spec NetworkSpec, owner, specHash string) network.CreateOptions {
+	opts := map[string]string{"parent": spec.Parent}
+	switch spec.Driver {
+	case "ipvlan":
+		opts["ipvlan_mode"] = "l2"
+	default:
+		opts["macvlan_mode"] = "bridge"
+	}
+	return network.CreateOptions{
 		Driver:  spec.Driver,
 		Options: opts,
 		IPAM: &network.IPAM{Driver: "default", Config: []network.IPAMConfig{{
 			Subnet: spec.Subnet.String(), Gateway: spec.Gateway.String(),
 		}}},
-		Labels: map[string]string{LabelOwner: d.owner, LabelNetworkSpec: specHash},
-	})
-	if err != nil {
-		return NetworkInfo{}, fmt.Errorf("failed to create Docker network %s (%s on %s, %s): %w", spec.Name, spec.Driver, spec.Parent, spec.Subnet, err)
+		Labels: map[string]string{LabelOwner: owner, LabelNetworkSpec: specHash},
 	}
-	return NetworkInfo{ID: resp.ID, Created: existing == nil, Replaced: existing != nil}, nil
 }
 
 // NetworkOwner returns the owner label of the named network, and whether

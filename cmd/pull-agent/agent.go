@@ -234,7 +234,42 @@ func (a *agent) pass(ctx context.Context, full bool) (*passResult, error) {
 		res.results = applier.Apply(ctx, cs, snap)
 	}
 	a.record(ctx, snap, host, alloc, res)
+	a.ensureHelper(ctx, lan, netSpec)
 	return res, nil
+}
+
+// ensureHelper keeps the host-side helper link in step with the deckies
+// that run now. A failure is logged, not fatal: deckies serve the LAN
+// without it; only host-to-decky traffic needs it.
+func (a *agent) ensureHelper(ctx context.Context, lan relocalize.LAN, n engine.NetworkSpec) {
+	if a.cfg.helper == "" || len(lan.HostAddrs) == 0 {
+		return
+	}
+	name := a.cfg.helper
+	if name == "decnet_macvlan0" && n.Driver == desired.DriverIPvlan {
+		name = "decnet_ipvlan0" // DECNET's name for the ipvlan variant
+	}
+	cs, err := a.eng.ListContainers(ctx)
+	if err != nil {
+		a.log.WarnContext(ctx, "host helper not updated", "err", err)
+		return
+	}
+	var ips []netip.Addr
+	for _, c := range cs {
+		if c.Owner() == a.cfg.host && c.Labels[engine.LabelRole] == engine.RoleBase && c.State == "running" {
+			if ip := c.Networks[n.Name]; ip.IsValid() {
+				ips = append(ips, ip)
+			}
+		}
+	}
+	ch, err := a.det.EnsureHelper(hostnet.HelperSpec{Name: name, Parent: lan.Interface, Driver: n.Driver, HostIP: lan.HostAddrs[0], Deckies: ips, Owner: a.cfg.host})
+	if err != nil {
+		a.log.WarnContext(ctx, "host helper not updated", "link", name, "err", err)
+		return
+	}
+	if ch.Created || len(ch.RoutesAdded)+len(ch.RoutesRemoved) > 0 {
+		a.log.InfoContext(ctx, "host helper updated", "link", name, "created", ch.Created, "routes_added", len(ch.RoutesAdded), "routes_removed", len(ch.RoutesRemoved))
+	}
 }
 
 // prober returns the duplicate-address detection the allocation uses.

@@ -17,6 +17,7 @@ import (
 	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/hostnet"
 	"github.com/decnet/pull-agent/master"
 	"github.com/decnet/pull-agent/reaper"
 )
@@ -254,6 +255,7 @@ func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		lo       logOptions
 		host     string
 		networks []string
+		helpers  []string
 		yes      bool
 		stateDir string
 	)
@@ -261,6 +263,7 @@ func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	lo.bind(f)
 	f.String(&host, "host", defaultHost(), "agent identity whose containers are removed")
 	f.List(&networks, "network", "owned Docker networks to remove (default decnet_lan)")
+	f.List(&helpers, "helper", "owned host helper links to remove (default decnet_macvlan0, decnet_ipvlan0)")
 	f.String(&stateDir, "state-dir", "/var/lib/pull-agent", "state directory to clear of addresses and applied hashes")
 	f.Bool(&yes, "yes", false, "really remove everything this agent owns")
 	if err := f.Parse(args); err != nil {
@@ -283,6 +286,17 @@ func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer eng.Close()
 	n, err := reaper.All(ctx, eng, host, networks)
 	fmt.Fprintf(stdout, "removed %d containers owned by %s\n", n, host)
+	if len(helpers) == 0 {
+		helpers = []string{"decnet_macvlan0", "decnet_ipvlan0"}
+	}
+	if det, derr := hostnet.NewDetector(); derr == nil {
+		for _, h := range helpers {
+			if herr := det.RemoveHelper(h, host); herr != nil && !errors.Is(herr, hostnet.ErrHelperNotOwned) {
+				err = errors.Join(err, herr)
+			}
+		}
+		det.Close()
+	}
 	if err == nil {
 		_ = os.Remove(filepath.Join(stateDir, "state.json"))
 	}

@@ -50,6 +50,7 @@ type agentConfig struct {
 	retryBudget   int
 	allowPull     bool
 	probe         bool
+	helper        string
 	reportTimeout time.Duration
 
 	// run only
@@ -86,6 +87,7 @@ func (c *agentConfig) bind(f *flags, withMaster bool) {
 	f.Int(&c.retryBudget, "retry-budget", 3, "failed attempts at one desired state before a decky is quarantined")
 	f.Bool(&c.allowPull, "allow-pull", false, "let Compose pull image references missing on this worker from a registry")
 	f.Bool(&c.probe, "probe", true, "probe every address with ARP before its first use and skip addresses in use (RFC 5227)")
+	f.String(&c.helper, "helper", "decnet_macvlan0", "host-side link through which the worker reaches its deckies (DECNET's; decnet_ipvlan0 with ipvlan); empty to disable")
 	if withMaster {
 		f.String(&c.master, "master", "", "master base URL to report to, e.g. https://master:8770 (empty: do not report)")
 		f.String(&c.masterCA, "master-ca", "", "PEM CA bundle that signs the master's certificate")

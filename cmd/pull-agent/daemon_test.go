@@ -18,7 +18,7 @@ import (
 func (w *world) newRunAgent(t testing.TB, remote string, extra ...string) *agent {
 	t.Helper()
 	args := []string{"--repo", remote, "--host", w.host, "--state-dir", w.state,
-		"--interface", w.lan.Parent, "--gateway", w.lan.Gateway.String(), "--steady-interval", "300ms", "--steady-timeout", "20s"}
+		"--interface", w.lan.Parent, "--gateway", w.lan.Gateway.String(), "--steady-interval", "300ms", "--steady-timeout", "20s", "--helper", w.helper}
 	if w.master != "" {
 		args = append(args, "--master", w.master, "--master-insecure")
 	}

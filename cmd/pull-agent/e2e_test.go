@@ -35,13 +35,14 @@ type world struct {
 	store   *master.Store
 	eng     *engine.Docker
 	project string
+	helper  string // host helper link, unique per test
 }
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
 	testlan.RequireDocker(t)
 	sfx := testlan.Suffix()
-	w := &world{t: t, host: "e2e" + sfx, net: "pa_e2e_" + sfx, project: "pa-e2e-" + sfx, state: filepath.Join(t.TempDir(), "state")}
+	w := &world{t: t, host: "e2e" + sfx, net: "pa_e2e_" + sfx, project: "pa-e2e-" + sfx, state: filepath.Join(t.TempDir(), "state"), helper: "hl" + sfx}
 	w.lan = testlan.New(t, testlan.Options{})
 	fleet := strings.NewReplacer("compose_project: decnet", "compose_project: "+w.project, "name: decnet_lan", "name: "+w.net)
 	w.repo = fleettest.Example(t, t.TempDir(), nil)
@@ -63,7 +64,7 @@ func newWorld(t testing.TB) *world {
 	}
 	t.Cleanup(func() {
 		var out bytes.Buffer
-		if code := run(context.Background(), []string{"reap", "--yes", "--host", w.host, "--network", w.net, "--state-dir", w.state}, &out, &out); code != 0 {
+		if code := run(context.Background(), []string{"reap", "--yes", "--host", w.host, "--network", w.net, "--helper", w.helper, "--state-dir", w.state}, &out, &out); code != 0 {
 			t.Errorf("reap failed (%d): %s", code, out.String())
 		}
 		w.eng.Close()
@@ -106,7 +107,7 @@ func (w *world) once(args ...string) (int, string) {
 	var out bytes.Buffer
 	base := []string{"once", "--repo", w.repo.FileURL(), "--host", w.host, "--state-dir", w.state,
 		"--master", w.master, "--master-insecure", "--interface", w.lan.Parent, "--gateway", w.lan.Gateway.String(),
-		"--steady-interval", "300ms", "--steady-timeout", "20s", "--log-level", "warn"}
+		"--steady-interval", "300ms", "--steady-timeout", "20s", "--log-level", "warn", "--helper", w.helper}
 	code := run(context.Background(), append(base, args...), &out, &out)
 	return code, out.String()
 }
