@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -36,14 +37,19 @@ type world struct {
 	eng     *engine.Docker
 	project string
 	helper  string // host helper link, unique per test
+	iface   string // the worker's decoy NIC (default the LAN's parent)
+	docker  string // DOCKER_HOST of the worker's engine ("" = the default)
 }
 
-func newWorld(t testing.TB) *world {
+func newWorld(t testing.TB) *world { return newWorldLAN(t, testlan.Options{}) }
+
+func newWorldLAN(t testing.TB, lanOpt testlan.Options) *world {
 	t.Helper()
 	testlan.RequireDocker(t)
 	sfx := testlan.Suffix()
 	w := &world{t: t, host: "e2e" + sfx, net: "pa_e2e_" + sfx, project: "pa-e2e-" + sfx, state: filepath.Join(t.TempDir(), "state"), helper: "hl" + sfx}
-	w.lan = testlan.New(t, testlan.Options{})
+	w.lan = testlan.New(t, lanOpt)
+	w.iface = w.lan.Parent
 	fleet := strings.NewReplacer("compose_project: decnet", "compose_project: "+w.project, "name: decnet_lan", "name: "+w.net)
 	w.repo = fleettest.Example(t, t.TempDir(), nil)
 	w.repo.Write(map[string]string{"fleet.yaml": fleet.Replace(readFile(t, filepath.Join(w.repo.Work, "fleet.yaml")))})
@@ -105,8 +111,19 @@ func (w *world) commit(msg string, deckies [][2]string, extra map[string]string)
 func (w *world) once(args ...string) (int, string) {
 	w.t.Helper()
 	var out bytes.Buffer
+	if w.docker != "" {
+		prev, had := os.LookupEnv("DOCKER_HOST")
+		os.Setenv("DOCKER_HOST", w.docker)
+		defer func() {
+			if had {
+				os.Setenv("DOCKER_HOST", prev)
+			} else {
+				os.Unsetenv("DOCKER_HOST")
+			}
+		}()
+	}
 	base := []string{"once", "--repo", w.repo.FileURL(), "--host", w.host, "--state-dir", w.state,
-		"--master", w.master, "--master-insecure", "--interface", w.lan.Parent, "--gateway", w.lan.Gateway.String(),
+		"--master", w.master, "--master-insecure", "--interface", w.iface, "--gateway", w.lan.Gateway.String(),
 		"--steady-interval", "300ms", "--steady-timeout", "20s", "--log-level", "warn", "--helper", w.helper}
 	code := run(context.Background(), append(base, args...), &out, &out)
 	return code, out.String()

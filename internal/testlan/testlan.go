@@ -66,6 +66,10 @@ type LAN struct {
 	Gateway netip.Addr   // .1; nobody holds it (nothing must leave the machine)
 	Host    netip.Addr   // the worker's address on Parent (.2)
 	Peer    netip.Addr   // the LAN machine's address in NS (.3)
+
+	peerDev string // the LAN machine's device holding Peer
+	id      string
+	ports   int
 }
 
 // Options tune New.
@@ -79,6 +83,9 @@ type Options struct {
 	// metric high enough never to win over the machine's real one, so
 	// detection can read the gateway from the route table.
 	DefaultRoute bool
+	// Bridge makes the LAN a switch (a bridge in the LAN machine's
+	// namespace), so AddPort can attach more workers to the same segment.
+	Bridge bool
 }
 
 func run(t testing.TB, args ...string) {
@@ -120,7 +127,9 @@ ok:
 	}
 	l.Host = l.Gateway.Next()
 	l.Peer = l.Host.Next()
+	l.id = id
 	peer := "pb" + id
+	l.peerDev = peer
 	bits := fmt.Sprint(sn.Bits())
 	run(t, "ip", "netns", "add", l.NS)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.NS).Run() })
@@ -129,7 +138,13 @@ ok:
 	run(t, "ip", "link", "set", peer, "netns", l.NS)
 	run(t, "ip", "addr", "add", l.Host.String()+"/"+bits, "dev", l.Parent)
 	run(t, "ip", "link", "set", l.Parent, "up")
-	run(t, "ip", "-n", l.NS, "addr", "add", l.Peer.String()+"/"+bits, "dev", peer)
+	if opt.Bridge {
+		l.peerDev = "br" + id
+		run(t, "ip", "-n", l.NS, "link", "add", l.peerDev, "type", "bridge")
+		run(t, "ip", "-n", l.NS, "link", "set", peer, "master", l.peerDev)
+		run(t, "ip", "-n", l.NS, "link", "set", l.peerDev, "up")
+	}
+	run(t, "ip", "-n", l.NS, "addr", "add", l.Peer.String()+"/"+bits, "dev", l.peerDev)
 	run(t, "ip", "-n", l.NS, "link", "set", peer, "up")
 	run(t, "ip", "-n", l.NS, "link", "set", "lo", "up")
 	if opt.DefaultRoute {
@@ -142,7 +157,26 @@ ok:
 // real machine already uses).
 func (l *LAN) AddPeerAddr(t testing.TB, a netip.Addr) {
 	t.Helper()
-	run(t, "ip", "-n", l.NS, "addr", "add", fmt.Sprintf("%s/%d", a, l.Subnet.Bits()), "dev", "pb"+strings.TrimPrefix(l.Parent, "pa"))
+	run(t, "ip", "-n", l.NS, "addr", "add", fmt.Sprintf("%s/%d", a, l.Subnet.Bits()), "dev", l.peerDev)
+}
+
+// AddPort attaches another worker NIC to a Bridge LAN: a veth whose root
+// end (returned) gets the address given and can be a macvlan parent.
+func (l *LAN) AddPort(t testing.TB, hostAddr netip.Addr) string {
+	t.Helper()
+	if !strings.HasPrefix(l.peerDev, "br") {
+		t.Fatal("AddPort needs a LAN made with Options.Bridge")
+	}
+	l.ports++
+	root, peer := fmt.Sprintf("pp%s%d", l.id, l.ports), fmt.Sprintf("pq%s%d", l.id, l.ports)
+	run(t, "ip", "link", "add", root, "type", "veth", "peer", "name", peer)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", root).Run() })
+	run(t, "ip", "link", "set", peer, "netns", l.NS)
+	run(t, "ip", "-n", l.NS, "link", "set", peer, "master", l.peerDev)
+	run(t, "ip", "-n", l.NS, "link", "set", peer, "up")
+	run(t, "ip", "addr", "add", fmt.Sprintf("%s/%d", hostAddr, l.Subnet.Bits()), "dev", root)
+	run(t, "ip", "link", "set", root, "up")
+	return root
 }
 
 // InNS runs fn with the calling goroutine's OS thread in the LAN machine's
