@@ -325,7 +325,7 @@ func TestEndToEndBrokenBuildFailsAlone(t *testing.T) {
 	}
 }
 
-func testDocker(t *testing.T) *client.Client { return testlan.RequireDocker(t) }
+func testDocker(t testing.TB) *client.Client { return testlan.RequireDocker(t) }
 
 // A commit the agent refuses (unsigned; rewritten history) is reported to
 // the master as a failed pass with its reason, and nothing running changes.
