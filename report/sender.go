@@ -133,7 +133,7 @@ func tlsConfig(opt SenderOptions) (*tls.Config, error) {
 			}
 			sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
 			if got := hex.EncodeToString(sum[:]); got != want {
-				return fmt.Errorf("master certificate SHA-256 %s does not match the pinned %s", got, want)
+				return fmt.Errorf("%w: master certificate SHA-256 %s does not match the pinned %s", errPin, got, want)
 			}
 			return nil
 		}
@@ -141,12 +141,21 @@ func tlsConfig(opt SenderOptions) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// checkRetry retries connection errors, 5xx, 408 and 429; never other 4xx.
+var errPin = errors.New("certificate pin mismatch")
+
+// checkRetry retries connection errors, 5xx, 408 and 429; never other 4xx,
+// and never a certificate the agent does not trust: retrying cannot fix it.
 func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
 	if err != nil {
+		var cv *tls.CertificateVerificationError
+		var ua x509.UnknownAuthorityError
+		var he x509.HostnameError
+		if errors.Is(err, errPin) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) {
+			return false, err
+		}
 		return true, nil
 	}
 	switch {
