@@ -291,6 +291,7 @@ func (a *Applier) waitSteady(ctx context.Context, d *DeckySpec) error {
 		names = append(names, c.Name)
 	}
 	prev := map[string]sample{}
+	first := map[string]int{} // restart count when first seen
 	good := 0
 	var last map[string]engine.State
 	for {
@@ -307,6 +308,9 @@ func (a *Applier) waitSteady(ctx context.Context, d *DeckySpec) error {
 				continue
 			}
 			cur[n] = st
+			if _, ok := first[n]; !ok {
+				first[n] = st.RestartCount
+			}
 			p, seen := prev[n]
 			if !st.Running || st.Restarting || (st.Health != "" && st.Health != "healthy") ||
 				(seen && (p.restarts != st.RestartCount || !p.started.Equal(st.StartedAt))) {
@@ -327,13 +331,13 @@ func (a *Applier) waitSteady(ctx context.Context, d *DeckySpec) error {
 		}
 		select {
 		case <-ctx.Done():
-			return a.notSteady(d, names, last)
+			return a.notSteady(d, names, last, first)
 		case <-time.After(a.opt.Steady.Interval):
 		}
 	}
 }
 
-func (a *Applier) notSteady(d *DeckySpec, names []string, last map[string]engine.State) error {
+func (a *Applier) notSteady(d *DeckySpec, names []string, last map[string]engine.State, first map[string]int) error {
 	// The pass context may be over too; logs get a short deadline of their own.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -341,7 +345,9 @@ func (a *Applier) notSteady(d *DeckySpec, names []string, last map[string]engine
 	fmt.Fprintf(&b, "decky %s did not reach a steady state within %s", d.Name, a.opt.Steady.Timeout)
 	for _, n := range names {
 		st := last[n]
-		if st.Running && !st.Restarting && (st.Health == "" || st.Health == "healthy") {
+		// A crash-looping container may look running at the last sample:
+		// its restarts during the wait give it away.
+		if st.Running && !st.Restarting && (st.Health == "" || st.Health == "healthy") && st.RestartCount == first[n] {
 			continue
 		}
 		fmt.Fprintf(&b, "\n%s: %s", n, describe(st))
