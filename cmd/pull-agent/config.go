@@ -54,8 +54,10 @@ type agentConfig struct {
 	reportTimeout time.Duration
 
 	// run only
-	interval time.Duration
-	resync   time.Duration
+	interval   time.Duration
+	resync     time.Duration
+	metrics    string
+	staleAfter time.Duration
 	// plan only
 	json bool
 }

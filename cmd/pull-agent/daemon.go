@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	stdsync "sync"
 	"syscall"
 	"time"
+
+	"github.com/decnet/pull-agent/hostnet"
 )
 
 // cmdRun is the daemon. One goroutine owns the pass loop; it waits on a
@@ -22,6 +25,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg, err := parseAgentFlags("run", args, true, func(f *flags, c *agentConfig) {
 		f.Duration(&c.interval, "interval", 60*time.Second, "time between passes")
 		f.Duration(&c.resync, "resync", 10*time.Minute, "time between full passes that re-check every container even when nothing signalled drift")
+		f.String(&c.metrics, "metrics", "", "serve /metrics (Prometheus) and /healthz on this management address, e.g. 127.0.0.1:9477 (never the decoy LAN)")
+		f.Duration(&c.staleAfter, "stale-after", 0, "/healthz fails when no fetch succeeded for this long (default 3 x --interval)")
 	}, stderr)
 	if err != nil {
 		return err
@@ -38,6 +43,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return noStart(err)
 	}
 	defer a.close()
+	m := newMetrics()
+	if cfg.metrics != "" {
+		if cfg.staleAfter == 0 {
+			cfg.staleAfter = 3 * cfg.interval
+		}
+		var decoy []netip.Addr
+		if lan, err := a.det.Detect(ctx, hostnet.Options{Interface: cfg.iface}); err == nil {
+			decoy = lan.HostAddrs
+		}
+		stop, err := serveMetrics(ctx, cfg.metrics, decoy, m, health{a: a, stale: cfg.staleAfter}, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -58,8 +78,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for {
 		full := time.Since(lastFull) >= cfg.resync
 		passing.begin()
+		t0 := time.Now()
 		res, err := a.onePass(ctx, full)
 		passing.end()
+		m.observe(a, res, err, time.Since(t0))
 		if err == nil && !res.skipped {
 			lastFull = time.Now()
 			if res.changes.Changes() {

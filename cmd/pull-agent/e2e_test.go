@@ -122,11 +122,15 @@ func (w *world) once(args ...string) (int, string) {
 			}
 		}()
 	}
-	base := []string{"once", "--repo", w.repo.FileURL(), "--host", w.host, "--state-dir", w.state,
+	code := run(context.Background(), append(w.onceArgs(), args...), &out, &out)
+	return code, out.String()
+}
+
+// onceArgs is the command line of a pass of this world's agent.
+func (w *world) onceArgs() []string {
+	return []string{"once", "--repo", w.repo.FileURL(), "--host", w.host, "--state-dir", w.state,
 		"--master", w.master, "--master-insecure", "--interface", w.iface, "--gateway", w.lan.Gateway.String(),
 		"--steady-interval", "300ms", "--steady-timeout", "20s", "--log-level", "warn", "--helper", w.helper}
-	code := run(context.Background(), append(base, args...), &out, &out)
-	return code, out.String()
 }
 
 // owned returns this agent's containers by name.

@@ -11,7 +11,7 @@ import (
 // Every flag of every command names its environment variable in --help.
 func TestEveryFlagHasAnEnvironmentVariable(t *testing.T) {
 	flagLine := regexp.MustCompile(`^\s+-([a-z0-9-]+)`)
-	for _, cmd := range []string{"once", "run", "plan", "validate", "master", "reap"} {
+	for _, cmd := range []string{"once", "run", "plan", "validate", "master", "reap", "status"} {
 		var out bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, &out, &out); code != 0 {
 			t.Fatalf("%s -h exited %d", cmd, code)

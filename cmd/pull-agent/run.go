@@ -49,6 +49,7 @@ commands:
   plan       print the change set of a pass without changing anything
   validate   check a fleet repository directory (for the fleet repo's CI)
   master     run the reference master that records reports
+  status     print what the agent last did (state directory only)
   reap       remove every container and network this agent owns
   version    print the version
 
@@ -76,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdMaster(ctx, rest, stdout, stderr)
 	case "reap":
 		err = cmdReap(ctx, rest, stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "pull-agent", version)
 		return exitOK
