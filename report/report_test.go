@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -252,5 +251,4 @@ func TestBackoffIsCappedJittered(t *testing.T) {
 	if d := Backoff(100*time.Millisecond, time.Second, 0, resp); d != 7*time.Second {
 		t.Errorf("Retry-After on 503 ignored: %s", d)
 	}
-	_ = fmt.Sprint()
 }

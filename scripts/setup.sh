@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what pull-agent's demo and tests need on a Debian 12
-# machine with Go: Docker Engine (Debian's docker.io), git, iproute2 and
-# curl. Idempotent: anything already present is left alone.
+# machine with Go: Docker Engine (Debian's docker.io), git, iproute2, curl,
+# gnupg and ssh-keygen (signed-commit tests) and chromium (the status page
+# test). Idempotent: anything already present is left alone.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,6 +14,10 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v gpg >/dev/null 2>&1 || need+=(gnupg)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+# The master's status page is tested in a real headless browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
