@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	stdsync "sync"
+
+	"github.com/decnet/pull-agent/internal/atomicfile"
 )
 
 // DefaultMaxEvents bounds the outbox; see Outbox.Add for the policy.
@@ -119,13 +121,13 @@ func (o *Outbox) Add(e Event) (Event, error) {
 	if err != nil {
 		return e, err
 	}
-	if err := writeAtomic(filepath.Join(o.dir, eventName(e.Seq)), data); err != nil {
+	if err := atomicfile.Write(filepath.Join(o.dir, eventName(e.Seq)), data, 0o600); err != nil {
 		return e, fmt.Errorf("failed to store event: %w", err)
 	}
 	o.next++
 	// The counter only matters once the outbox drains; losing this write
 	// is harmless (see OpenOutbox).
-	_ = writeAtomic(filepath.Join(o.dir, seqFile), []byte(strconv.FormatUint(e.Seq, 10)))
+	_ = atomicfile.Write(filepath.Join(o.dir, seqFile), []byte(strconv.FormatUint(e.Seq, 10)), 0o600)
 	return e, nil
 }
 
@@ -187,7 +189,7 @@ func (o *Outbox) Ack(events []Event) error {
 			return err
 		}
 	}
-	return syncDir(o.dir)
+	return atomicfile.SyncDir(o.dir)
 }
 
 // Reject moves events the master refused out of the queue, keeping them.
@@ -199,7 +201,7 @@ func (o *Outbox) Reject(events []Event) error {
 			return err
 		}
 	}
-	return syncDir(o.dir)
+	return atomicfile.SyncDir(o.dir)
 }
 
 // SetHeartbeat stores the latest heartbeat; only the newest is kept.
@@ -208,7 +210,7 @@ func (o *Outbox) SetHeartbeat(h Heartbeat) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(o.dir, heartbeatFile), data)
+	return atomicfile.Write(filepath.Join(o.dir, heartbeatFile), data, 0o600)
 }
 
 // Heartbeat returns the stored heartbeat, if any.
@@ -219,40 +221,4 @@ func (o *Outbox) Heartbeat() (Heartbeat, bool) {
 		return h, false
 	}
 	return h, true
-}
-
-// writeAtomic writes data to path so that readers (and a crash) see the
-// old content or the new one, never a part.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
