@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 
 	"github.com/decnet/pull-agent/apply"
+	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/master"
 )
 
@@ -30,14 +31,15 @@ func (w *world) started(t *testing.T) map[string]string {
 	return out
 }
 
-// engineEvents returns the Engine's container events between since and now.
-func engineEvents(t *testing.T, since time.Time) []string {
+// engineEvents returns the Engine's events between since and now about
+// containers of this world's agent (other tests may share the Engine).
+func (w *world) engineEvents(t *testing.T, since time.Time) []string {
 	t.Helper()
 	c := testDocker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	msgs, errs := c.Events(ctx, events.ListOptions{Since: fmt.Sprint(since.Unix()), Until: fmt.Sprint(time.Now().Add(time.Second).Unix()),
-		Filters: filters.NewArgs(filters.Arg("type", "container"))})
+		Filters: filters.NewArgs(filters.Arg("type", "container"), filters.Arg("label", engine.LabelOwner+"="+w.host))})
 	var out []string
 	for {
 		select {
@@ -97,7 +99,7 @@ func TestEndToEndApplyPrecision(t *testing.T) {
 	if m := mutating(spy.since(calls)); len(m) != 0 {
 		t.Fatalf("an unchanged pass mutated Docker: %v", m)
 	}
-	if ev := engineEvents(t, since); len(ev) != 0 {
+	if ev := w.engineEvents(t, since); len(ev) != 0 {
 		t.Fatalf("an unchanged pass caused container events: %v", ev)
 	}
 	if after := w.started(t); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -120,12 +122,12 @@ func TestEndToEndApplyPrecision(t *testing.T) {
 		}
 	}
 	for _, c := range spy.since(calls) {
-		if strings.Contains(c, "/build") {
+		if isBuildCall(c) {
 			t.Errorf("an unchanged build context was rebuilt: %s", c)
 		}
 	}
 	var created []string
-	for _, e := range engineEvents(t, since) {
+	for _, e := range w.engineEvents(t, since) {
 		if name, ok := strings.CutPrefix(e, "create "); ok {
 			// Compose creates a replacement as <old-id>_<name>, then renames it.
 			if _, n, found := strings.Cut(name, "_"); found {
@@ -177,6 +179,41 @@ func TestEndToEndApplyPrecision(t *testing.T) {
 	}
 	if b, err := w.lan.WaitBanner(bIP, 21, "", 10*time.Second); err != nil || !strings.HasPrefix(b, "220 ") {
 		t.Fatalf("after its base was removed by hand, b's service must answer in the new namespace: %q %v", b, err)
+	}
+
+	// A build context's content changes: its image is rebuilt under a new
+	// tag and exactly the containers built from it are recreated.
+	ftpBefore := w.owned()[w.name("b")+"-ftp"]
+	df := readFile(t, w.repo.Work+"/services/ftp/Dockerfile")
+	// The banner names this run: contexts are content-addressed, and an
+	// image of identical content from an earlier run would be reused.
+	banner := "220 ProFTPD Server " + w.host
+	w.repo.Write(map[string]string{"services/ftp/Dockerfile": strings.Replace(df, "ENV ", "ENV DECOY_BANNER=\""+banner+"\" ", 1)})
+	w.repo.Commit("new ftp image")
+	calls, before = spy.count(), w.started(t)
+	if code, out := w.once(); code != 0 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	builds := 0
+	for _, c := range spy.since(calls) {
+		if isBuildCall(c) {
+			builds++
+		}
+	}
+	if builds == 0 {
+		t.Errorf("a changed build context was not rebuilt; Docker calls: %v", spy.since(calls))
+	}
+	ftpAfter := w.owned()[w.name("b")+"-ftp"]
+	if ftpAfter.Image == ftpBefore.Image || ftpAfter.ID == ftpBefore.ID {
+		t.Errorf("the ftp service was not recreated on a new image tag: %s -> %s", ftpBefore.Image, ftpAfter.Image)
+	}
+	for name, v := range w.started(t) {
+		if name != w.name("b")+"-ftp" && before[name] != v {
+			t.Errorf("%s changed although its image did not", name)
+		}
+	}
+	if b, err := w.lan.WaitBanner(bIP, 21, "", 10*time.Second); err != nil || b != banner {
+		t.Fatalf("the rebuilt image is not the one running: %q %v", b, err)
 	}
 
 	// plan --json is the typed change set.
@@ -285,4 +322,10 @@ func TestEndToEndFailuresQuarantineAndRecovery(t *testing.T) {
 	if st := w.owned()[w.name("crash")+"-crashy"]; st.State != "running" {
 		t.Fatalf("crashy not running after the fix: %+v", st)
 	}
+}
+
+// isBuildCall recognises the Engine API calls of an image build (classic
+// /build, or BuildKit's /session and /grpc streams).
+func isBuildCall(call string) bool {
+	return strings.Contains(call, "/build") || strings.Contains(call, "/session") || strings.Contains(call, "/grpc")
 }
