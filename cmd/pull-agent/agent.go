@@ -34,7 +34,8 @@ type agent struct {
 	// lastStatus is the runtime picture of the last full pass, reused by
 	// passes that had nothing to do (they make no Docker call).
 	lastStatus *report.Status
-	hostUUID   string // the host file's host_uuid, for reports
+	hostUUID   string        // the host file's host_uuid, for reports
+	lastHost   *desired.Host // the host's desired state at the last parse
 	lock       *state.Lock
 	st         *state.State
 	syncer     *fleetsync.Syncer
@@ -45,11 +46,11 @@ type agent struct {
 	cleanup    []func()
 }
 
-func newAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger, readOnly bool) (a *agent, err error) {
-	a = &agent{cfg: cfg, log: log.With("host", cfg.host), readOnly: readOnly}
+func newAgent(ctx context.Context, cfg *agentConfig, log *slog.Logger, readOnly bool) (_ *agent, err error) {
+	a := &agent{cfg: cfg, log: log.With("host", cfg.host), readOnly: readOnly}
 	defer func() {
 		if err != nil {
-			a.close()
+			a.close() // releases the lock and whatever was opened before the error
 		}
 	}()
 	gitDir := filepath.Join(cfg.stateDir, "git")
@@ -132,6 +133,9 @@ type passResult struct {
 	changes apply.ChangeSet
 	results []apply.Result
 	failed  int // deckies that are not converged (failed, quarantined)
+	// after is the Engine's containers at the end of the pass, shared by
+	// the host helper and the heartbeat instead of listing twice.
+	after []engine.Container
 }
 
 // pass runs one reconcile: sync, parse, relocalize, diff and (unless
@@ -161,6 +165,7 @@ func (a *agent) pass(ctx context.Context, full bool) (*passResult, error) {
 		return nil, noStart(fmt.Errorf("fleet repository at commit %s is invalid; nothing was changed:\n%w", short(snap.Commit), err))
 	}
 	host := fleet.Hosts[a.cfg.host]
+	a.lastHost = host
 	if host == nil {
 		return nil, noStart(fmt.Errorf("the fleet repository at commit %s has no %s/%s.yaml; nothing was changed (an empty host file, `deckies: []`, removes every decky)", short(snap.Commit), desired.HostsDir, a.cfg.host))
 	}
@@ -234,25 +239,23 @@ func (a *agent) pass(ctx context.Context, full bool) (*passResult, error) {
 		res.results = applier.Apply(ctx, cs, snap)
 	}
 	a.record(ctx, snap, host, alloc, res)
-	a.ensureHelper(ctx, lan, netSpec)
+	if res.after, err = a.eng.ListContainers(ctx); err != nil {
+		a.log.WarnContext(ctx, "cannot list containers after the pass", "err", err)
+	}
+	a.ensureHelper(ctx, lan, netSpec, res.after)
 	return res, nil
 }
 
 // ensureHelper keeps the host-side helper link in step with the deckies
 // that run now. A failure is logged, not fatal: deckies serve the LAN
 // without it; only host-to-decky traffic needs it.
-func (a *agent) ensureHelper(ctx context.Context, lan relocalize.LAN, n engine.NetworkSpec) {
-	if a.cfg.helper == "" || len(lan.HostAddrs) == 0 {
+func (a *agent) ensureHelper(ctx context.Context, lan relocalize.LAN, n engine.NetworkSpec, cs []engine.Container) {
+	if a.cfg.helper == "" || len(lan.HostAddrs) == 0 || cs == nil {
 		return
 	}
 	name := a.cfg.helper
 	if name == "decnet_macvlan0" && n.Driver == desired.DriverIPvlan {
 		name = "decnet_ipvlan0" // DECNET's name for the ipvlan variant
-	}
-	cs, err := a.eng.ListContainers(ctx)
-	if err != nil {
-		a.log.WarnContext(ctx, "host helper not updated", "err", err)
-		return
 	}
 	var ips []netip.Addr
 	for _, c := range cs {
@@ -434,13 +437,17 @@ func (a *agent) baseHeartbeat(passErr error) report.Heartbeat {
 	return hb
 }
 
-// heartbeat builds the current state report from what runs now.
-func (a *agent) heartbeat(ctx context.Context, host *desired.Host, passErr error) report.Heartbeat {
+// heartbeat builds the current state report from what runs now
+// (containers, when the caller has just listed them).
+func (a *agent) heartbeat(ctx context.Context, host *desired.Host, passErr error, containers []engine.Container) report.Heartbeat {
 	if host != nil {
 		a.hostUUID = host.HostUUID
 	}
 	hb := a.baseHeartbeat(passErr)
-	containers, err := a.eng.ListContainers(ctx)
+	var err error
+	if containers == nil {
+		containers, err = a.eng.ListContainers(ctx)
+	}
 	if err != nil {
 		if prev, ok := a.box.Heartbeat(); ok {
 			hb.Status = prev.Status // keep the last known picture rather than none
@@ -590,18 +597,4 @@ func short(commit string) string {
 		return commit[:12]
 	}
 	return commit
-}
-
-// hostOf re-reads the host's desired state from the local clone for the
-// heartbeat (nil when unavailable).
-func (a *agent) hostOf() *desired.Host {
-	snap := a.syncer.Local()
-	if snap == nil {
-		return nil
-	}
-	f, err := desired.Load(snap)
-	if err != nil {
-		return nil
-	}
-	return f.Hosts[a.cfg.host]
 }

@@ -36,26 +36,39 @@ func (a *agent) onePass(ctx context.Context, full bool) (*passResult, error) {
 		a.deliver(ctx, hb, false)
 		return res, nil
 	}
-	host := a.hostOf()
-	a.deliver(ctx, a.heartbeat(ctx, host, err), true)
+	var after []engine.Container
+	if res != nil {
+		after = res.after
+	}
+	a.deliver(ctx, a.heartbeat(ctx, a.lastHost, err, after), true)
 	if err := a.st.Save(a.cfg.stateDir); err != nil {
 		a.log.ErrorContext(ctx, "cannot save state", "err", err)
 	}
 	return res, err
 }
 
-func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseAgentFlags("once", args, true, nil, stderr)
+// startAgent parses a pass command's flags and builds its agent; the
+// caller closes it. extra registers the command's own flags.
+func startAgent(ctx context.Context, name string, args []string, readOnly bool, extra func(*flags, *agentConfig), stderr io.Writer) (*agent, error) {
+	cfg, err := parseAgentFlags(name, args, !readOnly, extra, stderr)
 	if err != nil {
-		return exitCode(err, stderr)
+		return nil, err
 	}
 	log, err := cfg.log.logger(stderr)
 	if err != nil {
-		return exitCode(err, stderr)
+		return nil, err
 	}
-	a, err := newAgent(ctx, cfg, log, false)
+	a, err := newAgent(ctx, cfg, log, readOnly)
+	if err != nil && !errors.Is(err, errUsage) {
+		err = noStart(err)
+	}
+	return a, err
+}
+
+func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	a, err := startAgent(ctx, "once", args, false, nil, stderr)
 	if err != nil {
-		return exitCode(noStart(err), stderr)
+		return exitCode(err, stderr)
 	}
 	defer a.close()
 	res, err := a.onePass(ctx, true)
@@ -94,21 +107,14 @@ func summarize(w io.Writer, res *passResult) {
 }
 
 func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseAgentFlags("plan", args, false, func(f *flags, c *agentConfig) {
+	a, err := startAgent(ctx, "plan", args, true, func(f *flags, c *agentConfig) {
 		f.Bool(&c.json, "json", false, "print the change set as JSON")
 	}, stderr)
 	if err != nil {
 		return exitCode(err, stderr)
 	}
-	log, err := cfg.log.logger(stderr)
-	if err != nil {
-		return exitCode(err, stderr)
-	}
-	a, err := newAgent(ctx, cfg, log, true)
-	if err != nil {
-		return exitCode(noStart(err), stderr)
-	}
 	defer a.close()
+	cfg := a.cfg
 	res, err := a.pass(ctx, true)
 	if err != nil {
 		return exitCode(err, stderr)

@@ -22,7 +22,7 @@ import (
 // unchanged commit on a clean worker make no Docker call; every --resync
 // a full pass runs anyway.
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseAgentFlags("run", args, true, func(f *flags, c *agentConfig) {
+	a, err := startAgent(ctx, "run", args, false, func(f *flags, c *agentConfig) {
 		f.Duration(&c.interval, "interval", 60*time.Second, "time between passes")
 		f.Duration(&c.resync, "resync", 10*time.Minute, "time between full passes that re-check every container even when nothing signalled drift")
 		f.String(&c.metrics, "metrics", "", "serve /metrics (Prometheus) and /healthz on this management address, e.g. 127.0.0.1:9477 (never the decoy LAN)")
@@ -31,18 +31,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	defer a.close()
+	cfg, log := a.cfg, a.log
 	if cfg.interval < time.Second {
 		return usageErr("--interval must be at least 1s")
 	}
-	log, err := cfg.log.logger(stderr)
-	if err != nil {
-		return err
-	}
-	a, err := newAgent(ctx, cfg, log, false)
-	if err != nil {
-		return noStart(err)
-	}
-	defer a.close()
 	m := newMetrics()
 	if cfg.metrics != "" {
 		if cfg.staleAfter == 0 {

@@ -64,3 +64,24 @@ func TestFlagsReadTheEnvironment(t *testing.T) {
 		t.Errorf("a bad environment value must be an error naming it, got %v", err)
 	}
 }
+
+// A configuration the agent cannot start with is a clear error and an
+// exit code, never a crash, and leaves the state directory unlocked.
+func TestBadConfigurationFailsCleanly(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"once", "--repo", "ssh://git@127.0.0.1/fleet.git", "--host", "w", "--state-dir", dir},
+		{"once", "--repo", "/nonexistent", "--host", "w", "--state-dir", dir, "--trust-gpg-keyring", "/nonexistent.asc"},
+		{"once", "--repo", "/nonexistent", "--host", "w", "--state-dir", dir, "--pin", "abc"},
+		{"plan", "--repo", "/nonexistent", "--host", "Bad_Name"},
+	} {
+		var out bytes.Buffer
+		code := run(context.Background(), args, &out, &out)
+		if code != exitNoStart && code != exitUsage {
+			t.Errorf("%v: exit %d, want 2 or 3:\n%s", args, code, out.String())
+		}
+		if !strings.Contains(out.String(), "pull-agent:") {
+			t.Errorf("%v: no error message:\n%s", args, out.String())
+		}
+	}
+}
