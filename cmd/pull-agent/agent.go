@@ -364,6 +364,12 @@ func (a *agent) record(ctx context.Context, snap *fleetsync.Snapshot, host *desi
 	}
 	emit := func(e report.Event) {
 		e.Commit = snap.Commit
+		if a.sender == nil {
+			// No master to report to: the result is logged, not queued for
+			// nobody until the outbox fills.
+			a.log.InfoContext(ctx, "lifecycle", "decky", e.DeckyName, "operation", e.Operation, "status", e.Status, "error", e.Error)
+			return
+		}
 		if _, err := a.box.Add(e); err != nil {
 			a.log.ErrorContext(ctx, "cannot queue lifecycle event", "decky", e.DeckyName, "err", err)
 		}
