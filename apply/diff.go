@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/docker/compose/v2/pkg/api"
+
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/reaper"
 )
@@ -11,6 +13,7 @@ import (
 // DiffInput is everything the change set depends on.
 type DiffInput struct {
 	Owner    string
+	Project  string // Compose project; foreign containers claiming its services are collisions
 	Desired  []*DeckySpec
 	Failed   map[string]error // desired deckies that could not be placed or rendered
 	Observed []engine.Container
@@ -36,6 +39,12 @@ func Diff(in DiffInput) ChangeSet {
 			owned[c.Decky()] = append(owned[c.Decky()], c)
 		case c.Owner() != in.Owner:
 			foreign[c.Name] = c
+			// A foreign container labelled as one of our Compose services
+			// (DECNET's own agent uses the same project) would be adopted
+			// by Compose, and recreated or removed: treat it as a clash.
+			if svc := c.Labels[api.ServiceLabel]; svc != "" && in.Project != "" && c.Labels[api.ProjectLabel] == in.Project {
+				foreign[svc] = c
+			}
 		}
 	}
 	want := map[string]bool{}
@@ -66,7 +75,7 @@ func diffDecky(in DiffInput, d *DeckySpec, observed []engine.Container, foreign 
 	}
 	for _, c := range d.Containers() {
 		if f, taken := foreign[c.Name]; taken {
-			e.Action, e.Error = Failed, fmt.Sprintf("container name %s is used by container %.12s, which this agent does not own; rename or remove it", c.Name, f.ID)
+			e.Action, e.Error = Failed, fmt.Sprintf("container %s (%.12s), which this agent does not own, holds the name or Compose service %s; rename or remove it", f.Name, f.ID, c.Name)
 			e.Operation = OpDeploy
 			if len(observed) > 0 {
 				e.Operation = OpMutate

@@ -113,6 +113,10 @@ func TestDiff(t *testing.T) {
 		{"a foreign container holding a desired name fails that decky only", []*DeckySpec{d1, d2}, nil,
 			append(without(observe(d1), "x"), foreign), nil, nil,
 			"d1:unchanged; d2:failed/deploy"},
+		{"a foreign container claiming one of our Compose services is a clash too", []*DeckySpec{d1, d2}, nil,
+			append(observe(d1), engine.Container{ID: "dn", Name: "decnet-d2-1", State: "running",
+				Labels: map[string]string{"com.docker.compose.project": "decnet", "com.docker.compose.service": "d2"}}), applied, nil,
+			"d1:unchanged; d2:failed/deploy"},
 		{"foreign containers are never removed", []*DeckySpec{d1}, nil,
 			append(observe(d1), engine.Container{ID: "x", Name: "d9", Labels: map[string]string{engine.LabelDecky: "d9", engine.LabelOwner: "someone-else"}}), applied, nil,
 			"d1:unchanged"},
@@ -122,7 +126,7 @@ func TestDiff(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cs := Diff(DiffInput{Owner: "w", Desired: tt.desired, Failed: tt.failed, Observed: tt.observed, Applied: tt.applied, Quarantined: tt.quar})
+			cs := Diff(DiffInput{Owner: "w", Project: "decnet", Desired: tt.desired, Failed: tt.failed, Observed: tt.observed, Applied: tt.applied, Quarantined: tt.quar})
 			if got := summary(cs); got != tt.want {
 				t.Errorf("\n got: %s\nwant: %s", got, tt.want)
 			}

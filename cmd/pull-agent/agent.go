@@ -210,7 +210,7 @@ func (a *agent) pass(ctx context.Context, full bool) (*passResult, error) {
 	for n, e := range renderErrs {
 		failed[n] = e
 	}
-	diffIn := apply.DiffInput{Owner: a.cfg.host, Desired: specs, Failed: failed, Observed: containers, Quarantined: a.quarantined, Applied: a.st.Applied}
+	diffIn := apply.DiffInput{Owner: a.cfg.host, Project: fleet.Defaults.ComposeProject, Desired: specs, Failed: failed, Observed: containers, Quarantined: a.quarantined, Applied: a.st.Applied}
 	cs := apply.Diff(diffIn)
 	res := &passResult{commit: snap.Commit, changes: cs}
 	if a.readOnly {
