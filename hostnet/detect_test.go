@@ -100,6 +100,10 @@ func TestDetectInNamespace(t *testing.T) {
 		if !IsDetectError(err) || !strings.Contains(err.Error(), "several interfaces") {
 			t.Fatalf("want ambiguity error, got %v", err)
 		}
+		// An interface without IPv4 names the way out.
+		if _, err := d.Detect(ctx, Options{Interface: "pdx1", Gateway: l.Gateway}); !IsDetectError(err) || !strings.Contains(err.Error(), "has no global IPv4 address") || !strings.Contains(err.Error(), "--interface") {
+			t.Fatalf("want a no-IPv4 DetectError naming --interface, got %v", err)
+		}
 		// Naming one resolves it, each with its own gateway.
 		lan, err := d.Detect(ctx, Options{Interface: "pdx0"})
 		if err != nil || lan.Gateway != netip.MustParseAddr("192.0.2.1") || lan.Subnet != netip.MustParsePrefix("192.0.2.0/24") {
