@@ -224,6 +224,9 @@ func (a *Applier) ensureImages(ctx context.Context, todo []Entry, tree Materiali
 	}
 	sort.Slice(imgs, func(i, j int) bool { return imgs[i].Ref < imgs[j].Ref })
 	for _, img := range imgs {
+		if img.Build == nil && img.ID != "" {
+			continue // ResolveImages found it locally this pass
+		}
 		id, err := a.eng.ImageID(ctx, img.Ref)
 		switch {
 		case err != nil:

@@ -282,8 +282,8 @@ func (d *Docker) EnsureNetwork(ctx context.Context, spec NetworkSpec, specHash s
 		return NetworkInfo{}, err
 	}
 	if existing != nil {
-		if existing.Labels[LabelOwner] != d.owner {
-			return NetworkInfo{}, fmt.Errorf("Docker network %s exists and is %w (owner label %q); remove or rename it, or set network.name", spec.Name, ErrNotOwned, existing.Labels[LabelOwner])
+		if err := d.ownedNetwork(existing); err != nil {
+			return NetworkInfo{}, err
 		}
 		if existing.Labels[LabelNetworkSpec] == specHash {
 			return NetworkInfo{ID: existing.ID}, nil
@@ -324,14 +324,21 @@ func networkCreateOptions(spec NetworkSpec, owner, specHash string) network.Crea
 	}
 }
 
-// NetworkOwner returns the owner label of the named network, and whether
-// it exists.
-func (d *Docker) NetworkOwner(ctx context.Context, name string) (string, bool, error) {
+// CheckNetwork fails with ErrNotOwned when a network of that name exists
+// and is not this agent's (it may not exist yet: that is fine).
+func (d *Docker) CheckNetwork(ctx context.Context, name string) error {
 	n, err := d.findNetwork(ctx, name)
 	if err != nil || n == nil {
-		return "", false, err
+		return err
 	}
-	return n.Labels[LabelOwner], true, nil
+	return d.ownedNetwork(n)
+}
+
+func (d *Docker) ownedNetwork(n *network.Summary) error {
+	if owner := n.Labels[LabelOwner]; owner != d.owner {
+		return fmt.Errorf("Docker network %s exists and is %w (owner label %q); remove or rename it, or set network.name in the host file", n.Name, ErrNotOwned, owner)
+	}
+	return nil
 }
 
 // RemoveNetwork removes the named network if this agent owns it.

@@ -190,10 +190,8 @@ func (a *agent) pass(ctx context.Context, full bool) (*passResult, error) {
 			log.WarnContext(ctx, "address conflict on the LAN; decky moved", "decky", name, "ip", as.IP, "detail", as.Detail)
 		}
 	}
-	if owner, exists, err := a.eng.NetworkOwner(ctx, netSpec.Name); err != nil {
+	if err := a.eng.CheckNetwork(ctx, netSpec.Name); err != nil {
 		return nil, noStart(err)
-	} else if exists && owner != a.cfg.host {
-		return nil, noStart(fmt.Errorf("Docker network %s exists and is %w (owner %q); remove or rename it, or set network.name in the host file", netSpec.Name, engine.ErrNotOwned, owner))
 	}
 	images, err := apply.ResolveImages(ctx, fleet, host, snap, a.eng)
 	if err != nil {
@@ -346,7 +344,8 @@ func (a *agent) quarantined(decky, hash string) bool {
 	return ok && f.Hash == hash && f.Count >= a.cfg.retryBudget
 }
 
-// record updates the state and queues lifecycle events for a pass.
+// record updates the state (in memory; onePass saves it) and queues
+// lifecycle events for a pass.
 func (a *agent) record(ctx context.Context, snap *fleetsync.Snapshot, host *desired.Host, alloc relocalize.Result, res *passResult) {
 	now := time.Now().UTC()
 	st := a.st
@@ -421,10 +420,7 @@ func (a *agent) record(ctx context.Context, snap *fleetsync.Snapshot, host *desi
 	}
 	st.LastCommit = snap.Commit
 	st.LastApply = now
-	st.LastClean = res.failed == 0
-	if err := st.Save(a.cfg.stateDir); err != nil {
-		a.log.ErrorContext(ctx, "cannot save state", "err", err)
-	}
+	st.LastClean = res.failed == 0 // saved by onePass, with the fetch time
 }
 
 // baseHeartbeat is the heartbeat without the runtime picture.
@@ -490,10 +486,10 @@ func runtimeStatus(cs []engine.Container, owner string, host *desired.Host, st *
 			o.svcs[c.Labels[engine.LabelServiceName]] = c.State
 		}
 	}
-	names := map[string]bool{}
+	wantSvcs := map[string][]string{} // desired decky -> its services
 	if host != nil {
 		for _, d := range host.Deckies {
-			names[d.Name] = true
+			wantSvcs[d.Name] = d.Services
 			ds := report.DeckyStatus{Name: d.Name, Services: append([]string(nil), d.Services...), Hostname: d.Hostname,
 				Archetype: d.Archetype, NmapOS: d.NmapOS, Distro: d.Distro, ConfigHash: st.Applied[d.Name]}
 			if addr, ok := st.Addresses[d.Name]; ok {
@@ -502,6 +498,10 @@ func runtimeStatus(cs []engine.Container, owner string, host *desired.Host, st *
 			sort.Strings(ds.Services)
 			out.Deckies = append(out.Deckies, ds)
 		}
+	}
+	names := map[string]bool{}
+	for n := range wantSvcs {
+		names[n] = true
 	}
 	for n := range seen {
 		names[n] = true
@@ -515,15 +515,9 @@ func runtimeStatus(cs []engine.Container, owner string, host *desired.Host, st *
 				rt.Services[s] = v
 			}
 		}
-		if host != nil {
-			for _, d := range host.Deckies {
-				if d.Name == n {
-					for _, s := range d.Services {
-						if _, ok := rt.Services[s]; !ok {
-							rt.Services[s] = "absent"
-						}
-					}
-				}
+		for _, s := range wantSvcs[n] {
+			if _, ok := rt.Services[s]; !ok {
+				rt.Services[s] = "absent"
 			}
 		}
 		running, total := 0, 0
