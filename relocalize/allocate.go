@@ -54,6 +54,11 @@ type Input struct {
 	// Reserved are addresses no decky may take, with the reason: held by a
 	// container the agent does not own, or found answering on the LAN.
 	Reserved map[netip.Addr]string
+	// Held are the decoy-network addresses held right now by containers the
+	// agent owns (in any state), with the decky that holds each. Such an
+	// address is never given to another decky: a removed or failed-but-running
+	// decky keeps its address reserved until its containers are gone.
+	Held map[netip.Addr]string
 }
 
 // Result is the outcome per decky: an assignment or an error.
