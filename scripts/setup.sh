@@ -45,3 +45,39 @@ if ! docker info >/dev/null 2>&1; then
   fi
 fi
 echo "setup: $(docker version --format 'Docker Engine {{.Server.Version}} (API {{.Server.APIVersion}})')"
+
+# --- PostgreSQL (the master's store tests run against SQLite and PostgreSQL) ---
+# Debian's postgresql; no systemd here, so the cluster is started with
+# pg_ctlcluster. The tests connect over loopback as a throwaway role that may
+# only create databases (each test run makes its own and drops it); override
+# with PULL_AGENT_TEST_POSTGRES=postgres://… to use another server.
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  echo "setup: installing postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq postgresql >/dev/null
+fi
+if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+  pg_createcluster "$(ls /usr/lib/postgresql | sort -n | tail -1)" main >/dev/null
+fi
+read -r pg_ver pg_name pg_port pg_status _ < <(pg_lsclusters -h | head -1)
+if [ "$pg_status" != "online" ]; then
+  echo "setup: starting PostgreSQL $pg_ver/$pg_name"
+  pg_ctlcluster "$pg_ver" "$pg_name" start
+fi
+for _ in $(seq 1 30); do
+  pg_isready -q -h 127.0.0.1 -p "$pg_port" && break
+  sleep 1
+done
+if ! pg_isready -q -h 127.0.0.1 -p "$pg_port"; then
+  echo "setup: PostgreSQL did not come up on 127.0.0.1:$pg_port" >&2
+  exit 1
+fi
+runuser -u postgres -- psql -q -p "$pg_port" -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pull_agent_test') THEN
+    CREATE ROLE pull_agent_test LOGIN CREATEDB PASSWORD 'pull_agent_test';
+  END IF;
+END $$;
+SQL
+echo "setup: PostgreSQL $pg_ver on 127.0.0.1:$pg_port (test role pull_agent_test)"
