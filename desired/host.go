@@ -7,12 +7,12 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-func parseHost(name, file string, data []byte, errs *Errors) *Host {
-	root := document(file, data, errs)
+func parseHost(name, file string, data []byte, l *loader) *Host {
+	root := l.document(file, data)
 	if root == nil {
 		return nil
 	}
-	w := &walker{file: file, errs: errs}
+	w := l.walker(file)
 	h := &Host{Name: name, File: file}
 	// Network overrides are decoded into a "not set" Network and merged
 	// with the fleet defaults later (validate), after fleet.yaml is read.
@@ -20,8 +20,9 @@ func parseHost(name, file string, data []byte, errs *Errors) *Host {
 	var seenNames = map[string]int{}
 	w.fields(root, "", []string{"deckies"}, map[string]func(pair){
 		"host_uuid": func(p pair) { h.HostUUID, _ = w.str(p.v, p.field) },
-		"network":   func(p pair) { w.network(p.v, p.field, &h.Network) },
+		"network":   func(p pair) { w.network(p.v, p.field, &h.Network, &h.netPos) },
 		"ip_pool": func(p pair) {
+			h.poolPos = w.pos(w.deref(p.v))
 			if s, ok := w.str(p.v, p.field); ok {
 				if pool, msg := ParsePool(s); msg != "" {
 					w.fail(p.v, p.field, "%q %s", s, msg)

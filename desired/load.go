@@ -2,6 +2,7 @@ package desired
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,16 +15,65 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// MaxFileSize bounds every YAML file Load reads.
-const MaxFileSize = 1 << 20
+// Size limits of a fleet repository. They bound the time and memory of a
+// Load (validate of a repository at these limits takes about a second);
+// anything larger is refused with one error, never partly read.
+const (
+	// MaxFileSize bounds every YAML file Load reads.
+	MaxFileSize = 1 << 20
+	// MaxHostFiles bounds the number of hosts/*.yaml files.
+	MaxHostFiles = 2048
+	// MaxRepoYAMLBytes bounds the YAML Load reads in total (fleet.yaml
+	// plus every host file). A fleet of 1,000 workers with 30 deckies each
+	// is about 3 MiB.
+	MaxRepoYAMLBytes = 4 << 20
+)
+
+// loader is the state of one Load: the repository, the errors found so
+// far and the budget every file and decky draws from.
+type loader struct {
+	ctx    context.Context
+	fsys   fs.FS
+	errs   Errors
+	budget *budget
+	read   int64 // YAML bytes read so far
+	// locate bounds the bytes re-parsed to find the line of a YAML error
+	// that yaml.v3 reports without one.
+	locate int
+}
+
+func (l *loader) walker(file string) *walker {
+	return &walker{file: file, errs: &l.errs, budget: l.budget}
+}
+
+// stop records e as the only error of the load (see budget).
+func (l *loader) stop(e Error) {
+	if !l.budget.exhausted() {
+		l.budget.hit = &e
+	}
+}
+
+// halted reports whether the load must end now: cancelled or over budget.
+func (l *loader) halted() bool { return l.ctx.Err() != nil || l.budget.exhausted() }
 
 // Load reads and validates the fleet repository in fsys. On success the
 // error is nil; otherwise it is an [Errors] holding every problem found.
-// Symlinks are only followed inside build contexts' checks when fsys
-// implements [fs.ReadLinkFS]; fleet.yaml and host files must be regular
-// files.
-func Load(fsys fs.FS) (*Fleet, error) {
-	var errs Errors
+// It is LoadContext without cancellation.
+func Load(fsys fs.FS) (*Fleet, error) { return LoadContext(context.Background(), fsys) }
+
+// LoadContext reads and validates the fleet repository in fsys. On success
+// the error is nil. When the repository is invalid the error is an
+// [Errors] holding every problem found, or a single one when the
+// repository is hostile or over a size limit (then nothing else is
+// reported, since what follows would be noise). When ctx ends first the
+// error wraps ctx.Err() (checked between files, hosts and deckies).
+//
+// Only regular files are opened, and their type is checked before they
+// are opened, so a named pipe or device cannot block the load. Symlinks
+// (fleet.yaml, hosts/, host files) are refused when fsys implements
+// [fs.ReadLinkFS] (os.DirFS and fstest.MapFS do).
+func LoadContext(ctx context.Context, fsys fs.FS) (*Fleet, error) {
+	l := &loader{ctx: ctx, fsys: fsys, budget: newBudget(), locate: maxLocateBytes}
 	f := &Fleet{
 		Distros:  map[string]*Distro{},
 		Services: map[string]*Service{},
@@ -32,52 +82,113 @@ func Load(fsys fs.FS) (*Fleet, error) {
 	// Cross-file checks against a catalog that could not be read would
 	// only bury the real error under one "not in the catalog" per decky.
 	fleetOK := false
-	if data, ok := readFile(fsys, FleetFile, &errs); ok {
-		fleetOK = parseFleet(f, data, &errs)
+	if data, ok := l.readFile(FleetFile); ok {
+		fleetOK = parseFleet(f, data, l)
 	}
-	entries, err := fs.ReadDir(fsys, HostsDir)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		errs = append(errs, Error{File: HostsDir, Msg: "directory is missing: each worker needs hosts/<host>.yaml"})
-	case err != nil:
-		errs = append(errs, Error{File: HostsDir, Msg: fmt.Sprintf("cannot list: %v", err)})
-	}
-	if err == nil && isSymlink(fsys, HostsDir) {
-		errs = append(errs, Error{File: HostsDir, Msg: "is a symlink; it must be a directory inside the repository"})
-		entries = nil
-	}
-	for _, e := range entries {
+	for _, e := range l.hostFiles() {
+		if l.halted() {
+			break
+		}
 		name := e.Name()
 		file := path.Join(HostsDir, name)
-		if e.IsDir() || strings.HasPrefix(name, ".") || strings.EqualFold(name, "README.md") {
-			continue
-		}
-		stem, ext := strings.TrimSuffix(name, path.Ext(name)), path.Ext(name)
-		if ext != ".yaml" {
-			if ext == ".yml" {
-				errs = append(errs, Error{File: file, Msg: "host files must end in .yaml (this one would be ignored)"})
-			}
-			continue
-		}
-		if !NameRE.MatchString(stem) {
-			errs = append(errs, Error{File: file, Msg: fmt.Sprintf("host name %q must match %s", stem, NameRE)})
-			continue
-		}
-		data, ok := readFile(fsys, file, &errs)
+		stem := strings.TrimSuffix(name, ".yaml")
+		data, ok := l.readFile(file)
 		if !ok {
 			continue
 		}
-		if h := parseHost(stem, file, data, &errs); h != nil {
+		if h := parseHost(stem, file, data, l); h != nil {
 			f.Hosts[stem] = h
 		}
 	}
-	if fleetOK {
-		validate(fsys, f, &errs)
+	if fleetOK && !l.halted() {
+		validate(l, f)
 	}
-	if len(errs) > 0 {
-		return nil, errs.sorted()
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("loading the fleet repository was stopped: %w", ctx.Err())
+	case l.budget.exhausted():
+		return nil, Errors{*l.budget.hit}
+	case len(l.errs) > 0:
+		return nil, l.errs.sorted()
 	}
 	return f, nil
+}
+
+// hostFiles lists hosts/*.yaml, reporting what cannot be a host file.
+// Entry types come from the directory listing, so nothing is opened.
+func (l *loader) hostFiles() []fs.DirEntry {
+	add := func(file, format string, args ...any) {
+		l.errs = append(l.errs, Error{File: file, Msg: fmt.Sprintf(format, args...)})
+	}
+	if isSymlink(l.fsys, HostsDir) {
+		add(HostsDir, "is a symlink; it must be a directory inside the repository")
+		return nil
+	}
+	fi, err := fs.Stat(l.fsys, HostsDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		add(HostsDir, "directory is missing: each worker needs hosts/<host>.yaml")
+		return nil
+	case err != nil:
+		add(HostsDir, "cannot read: %v", err)
+		return nil
+	case !fi.IsDir():
+		add(HostsDir, "is %s; it must be a directory", fileKind(fi.Mode()))
+		return nil
+	}
+	entries, err := fs.ReadDir(l.fsys, HostsDir)
+	if err != nil {
+		add(HostsDir, "cannot list: %v", err)
+		return nil
+	}
+	var out []fs.DirEntry
+	for _, e := range entries {
+		name := e.Name()
+		file := path.Join(HostsDir, name)
+		if strings.HasPrefix(name, ".") || strings.EqualFold(name, "README.md") {
+			continue
+		}
+		switch ext := path.Ext(name); {
+		case ext == ".yml":
+			add(file, "host files must end in .yaml (this one would be ignored)")
+			continue
+		case ext != ".yaml":
+			continue
+		}
+		if stem := strings.TrimSuffix(name, ".yaml"); !NameRE.MatchString(stem) {
+			add(file, "host name %q must match %s", stem, NameRE)
+			continue
+		}
+		if t := e.Type(); !t.IsRegular() {
+			add(file, "is %s; a host file must be a regular file inside the repository", fileKind(t))
+			continue
+		}
+		out = append(out, e)
+	}
+	if len(out) > MaxHostFiles {
+		l.stop(Error{File: HostsDir, Msg: fmt.Sprintf("holds %d host files; a fleet repository may hold at most %d", len(out), MaxHostFiles)})
+		return nil
+	}
+	return out
+}
+
+// fileKind names a non-regular file type for messages.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m.IsRegular():
+		return "a regular file"
+	}
+	return "not a regular file"
 }
 
 func isSymlink(fsys fs.FS, name string) bool {
@@ -89,55 +200,75 @@ func isSymlink(fsys fs.FS, name string) bool {
 	return false
 }
 
-func readFile(fsys fs.FS, name string, errs *Errors) ([]byte, bool) {
-	if isSymlink(fsys, name) {
-		*errs = append(*errs, Error{File: name, Msg: "is a symlink; it must be a regular file inside the repository"})
+// readFile reads one YAML file of the repository. Its type and size are
+// checked before it is opened: opening a named pipe would block, and a
+// file over the limits is refused without being read.
+func (l *loader) readFile(name string) ([]byte, bool) {
+	fail := func(format string, args ...any) ([]byte, bool) {
+		l.errs = append(l.errs, Error{File: name, Msg: fmt.Sprintf(format, args...)})
 		return nil, false
 	}
-	fh, err := fsys.Open(name)
-	if err != nil {
-		msg := fmt.Sprintf("cannot open: %v", err)
-		if errors.Is(err, fs.ErrNotExist) {
-			msg = "file is missing"
-		}
-		*errs = append(*errs, Error{File: name, Msg: msg})
+	if isSymlink(l.fsys, name) {
+		return fail("is a symlink; it must be a regular file inside the repository")
+	}
+	fi, err := fs.Stat(l.fsys, name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fail("file is missing")
+	case err != nil:
+		return fail("cannot read: %v", err)
+	case !fi.Mode().IsRegular():
+		return fail("is %s; it must be a regular file", fileKind(fi.Mode()))
+	case fi.Size() > MaxFileSize:
+		return fail("is larger than %d bytes", MaxFileSize)
+	case l.read+fi.Size() > MaxRepoYAMLBytes:
+		l.stop(Error{File: name, Msg: fmt.Sprintf("the repository's YAML (fleet.yaml and hosts/*.yaml) exceeds %d bytes in total", MaxRepoYAMLBytes)})
 		return nil, false
+	}
+	fh, err := l.fsys.Open(name)
+	if err != nil {
+		return fail("cannot open: %v", err)
 	}
 	defer fh.Close()
-	if fi, err := fh.Stat(); err == nil && !fi.Mode().IsRegular() {
-		*errs = append(*errs, Error{File: name, Msg: "is not a regular file"})
-		return nil, false
-	}
+	// The file may have grown since Stat: read one byte past the limit.
 	data, err := io.ReadAll(io.LimitReader(fh, MaxFileSize+1))
 	if err != nil {
-		*errs = append(*errs, Error{File: name, Msg: fmt.Sprintf("cannot read: %v", err)})
-		return nil, false
+		return fail("cannot read: %v", err)
 	}
 	if len(data) > MaxFileSize {
-		*errs = append(*errs, Error{File: name, Msg: fmt.Sprintf("is larger than %d bytes", MaxFileSize)})
+		return fail("is larger than %d bytes", MaxFileSize)
+	}
+	l.read += int64(len(data))
+	if l.read > MaxRepoYAMLBytes {
+		l.stop(Error{File: name, Msg: fmt.Sprintf("the repository's YAML (fleet.yaml and hosts/*.yaml) exceeds %d bytes in total", MaxRepoYAMLBytes)})
 		return nil, false
 	}
+	l.budget.grant(len(data))
 	return data, true
 }
 
 // document parses one YAML document and returns its root node.
-func document(file string, data []byte, errs *Errors) *yaml.Node {
+func (l *loader) document(file string, data []byte) *yaml.Node {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			*errs = append(*errs, Error{File: file, Msg: "file is empty"})
+			l.errs = append(l.errs, Error{File: file, Msg: "file is empty"})
 			return nil
 		}
-		*errs = append(*errs, yamlSyntaxError(file, err))
+		e := yamlSyntaxError(file, err)
+		if e.Line == 0 {
+			e.Line = l.locateError(data, err.Error())
+		}
+		l.errs = append(l.errs, e)
 		return nil
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		*errs = append(*errs, Error{File: file, Line: extra.Line, Msg: "holds more than one YAML document"})
+		l.errs = append(l.errs, Error{File: file, Line: extra.Line, Msg: "holds more than one YAML document"})
 	}
 	if len(doc.Content) == 0 {
-		*errs = append(*errs, Error{File: file, Msg: "file is empty"})
+		l.errs = append(l.errs, Error{File: file, Msg: "file is empty"})
 		return nil
 	}
 	return doc.Content[0]
@@ -161,12 +292,12 @@ func yamlSyntaxError(file string, err error) Error {
 	return Error{File: file, Line: line, Msg: "invalid YAML: " + msg}
 }
 
-func parseFleet(f *Fleet, data []byte, errs *Errors) bool {
-	root := document(FleetFile, data, errs)
+func parseFleet(f *Fleet, data []byte, l *loader) bool {
+	root := l.document(FleetFile, data)
 	if root == nil {
 		return false
 	}
-	w := &walker{file: FleetFile, errs: errs}
+	w := l.walker(FleetFile)
 	f.Defaults = Defaults{
 		ComposeProject: DefaultComposeProject,
 		Network:        Network{Name: DefaultNetworkName, Driver: DefaultDriver, Interface: Auto},
@@ -222,15 +353,16 @@ func (w *walker) defaults(n *yaml.Node, field string, d *Defaults) {
 		"distro": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
 				d.Distro = s
+				d.distroPos = w.pos(w.deref(p.v))
 			}
 		},
-		"network": func(p pair) { w.network(p.v, p.field, &d.Network) },
+		"network": func(p pair) { w.network(p.v, p.field, &d.Network, &d.netPos) },
 	})
 }
 
 // network decodes a network block over the values already in n, so host
 // overrides only change what they name.
-func (w *walker) network(node *yaml.Node, field string, n *Network) {
+func (w *walker) network(node *yaml.Node, field string, n *Network, at *netPos) {
 	w.fields(node, field, nil, map[string]func(pair){
 		"name": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
@@ -257,6 +389,7 @@ func (w *walker) network(node *yaml.Node, field string, n *Network) {
 			}
 		},
 		"subnet": func(p pair) {
+			at.subnet = w.pos(w.deref(p.v))
 			if s, ok := w.str(p.v, p.field); ok {
 				if s == Auto {
 					n.Subnet = netip.Prefix{}
@@ -276,6 +409,7 @@ func (w *walker) network(node *yaml.Node, field string, n *Network) {
 			}
 		},
 		"gateway": func(p pair) {
+			at.gateway = w.pos(w.deref(p.v))
 			if s, ok := w.str(p.v, p.field); ok {
 				if s == Auto {
 					n.Gateway = netip.Addr{}

@@ -55,6 +55,16 @@ type Defaults struct {
 	ComposeProject string // Compose project holding every decky; default "decnet"
 	Distro         string // distro of deckies that name none; empty = must be named
 	Network        Network
+
+	distroPos Pos    // where defaults.distro is written
+	netPos    netPos // where defaults.network's fields are written
+}
+
+// netPos records where a network block's fields are written, so a mistake
+// is reported once at its own line: a default's in fleet.yaml, a host
+// override's in its host file. Zero Pos = not written there.
+type netPos struct {
+	subnet, gateway Pos
 }
 
 // Network describes the decoy LAN. Zero Subnet/Gateway and Interface "auto"
@@ -149,6 +159,9 @@ type Host struct {
 	Network  Network
 	IPPool   *Pool
 	Deckies  []*Decky
+
+	netPos  netPos
+	poolPos Pos
 }
 
 // Pool is an inclusive IPv4 address range the worker allocates decky

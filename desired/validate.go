@@ -10,42 +10,56 @@ import (
 
 // validate runs the checks that need more than one file: catalog
 // references, build contexts on disk, network settings merged from
-// defaults and host overrides, and fleet-wide uniqueness.
-func validate(fsys fs.FS, f *Fleet, errs *Errors) {
+// defaults and host overrides, and fleet-wide uniqueness. A mistake in
+// fleet.yaml is reported once, at its own line, and not again on every
+// host or decky that inherits it.
+func validate(l *loader, f *Fleet) {
+	errs := &l.errs
 	add := func(e Error) { *errs = append(*errs, e) }
+	defaultDistroOK := true
 	if f.Defaults.Distro != "" && f.Distros[f.Defaults.Distro] == nil {
-		add(Error{File: FleetFile, Field: "defaults.distro", Msg: fmt.Sprintf("distro %q is not in the distros catalog", f.Defaults.Distro)})
+		add(f.Defaults.distroPos.Errorf("defaults.distro", "distro %q is not in the distros catalog%s", f.Defaults.Distro, hint(sortedKeys(f.Distros))))
+		defaultDistroOK = false
 	}
 	for _, name := range sortedKeys(f.Distros) {
 		d := f.Distros[name]
-		checkBuild(fsys, d.Source.Build, "distros."+name+".build", errs)
+		checkBuild(l.fsys, d.Source.Build, "distros."+name+".build", errs)
 	}
 	for _, name := range sortedKeys(f.Services) {
 		s := f.Services[name]
-		checkBuild(fsys, s.Source.Build, "services."+name+".build", errs)
+		checkBuild(l.fsys, s.Source.Build, "services."+name+".build", errs)
 	}
+	checkNetwork(f.Defaults.Network, f.Defaults.netPos, "defaults.network", "", errs)
 
 	names := map[string]Pos{}
+	containers := map[string]renderedName{}
 	type ipKey struct {
 		subnet netip.Prefix
 		ip     netip.Addr
 	}
 	fleetIPs := map[ipKey]Pos{}
 	for _, hn := range f.HostNames() {
+		if l.halted() {
+			return
+		}
 		h := f.Hosts[hn]
-		h.Network = mergeNetwork(f.Defaults.Network, h.Network)
+		h.Network = mergeNetwork(f.Defaults.Network, h.Network, h.netPos)
 		checkHostNetwork(h, errs)
 		hostIPs := map[netip.Addr]Pos{}
 		for i, d := range h.Deckies {
+			if l.halted() {
+				return
+			}
 			field := fmt.Sprintf("deckies[%d]", i)
 			if d.Name != "" {
 				if prev, dup := names[d.Name]; dup {
 					add(d.Pos.Errorf(field+".name", "decky name %q is already used at %s; names must be unique across the fleet", d.Name, prev))
 				} else {
 					names[d.Name] = d.Pos
+					checkContainerNames(d, field, containers, errs)
 				}
 			}
-			checkDecky(f, h, d, field, errs)
+			checkDecky(l, f, h, d, field, defaultDistroOK)
 			if !d.IP.IsValid() {
 				continue
 			}
@@ -66,8 +80,49 @@ func validate(fsys fs.FS, f *Fleet, errs *Errors) {
 	}
 }
 
-// mergeNetwork applies a host's overrides (non-zero fields) to defaults.
-func mergeNetwork(def, over Network) Network {
+// renderedName is a container name a decky renders, for collision messages.
+type renderedName struct {
+	what string // "the base container of decky web"
+	pos  Pos
+}
+
+// ContainerNames returns the names of the containers decky d renders: the
+// base is named after the decky, each service container
+// "<decky>-<service>" (DECNET's shape; package apply renders it).
+func (d *Decky) ContainerNames() []string {
+	out := make([]string, 0, 1+len(d.Services))
+	out = append(out, d.Name)
+	for _, s := range d.Services {
+		out = append(out, d.Name+"-"+s)
+	}
+	return out
+}
+
+// checkContainerNames refuses a decky whose containers would take a name
+// another decky's container renders (decky "web" with service "ssh" and a
+// decky "web-ssh" both render "web-ssh": they would replace each other on
+// every pass). The check is fleet-wide, like decky names: a decky may move
+// to another worker, and the master tells containers apart by name.
+func checkContainerNames(d *Decky, field string, seen map[string]renderedName, errs *Errors) {
+	for i, name := range d.ContainerNames() {
+		r := renderedName{what: "the base container of decky " + d.Name, pos: d.Pos}
+		fld := field + ".name"
+		if i > 0 {
+			r.what = fmt.Sprintf("the container of service %s of decky %s", d.Services[i-1], d.Name)
+			fld = fmt.Sprintf("%s.services[%d]", field, i-1)
+		}
+		if prev, dup := seen[name]; dup {
+			*errs = append(*errs, d.Pos.Errorf(fld, "container name %q (%s) is already %s at %s; rename one decky", name, r.what, prev.what, prev.pos))
+			continue
+		}
+		seen[name] = r
+	}
+}
+
+// mergeNetwork applies a host's overrides to defaults: the non-zero
+// fields, and subnet or gateway whenever the host writes them (so a host
+// can say "auto" where fleet.yaml is explicit).
+func mergeNetwork(def, over Network, set netPos) Network {
 	n := def
 	if over.Name != "" {
 		n.Name = over.Name
@@ -78,14 +133,14 @@ func mergeNetwork(def, over Network) Network {
 	if over.Interface != "" {
 		n.Interface = over.Interface
 	}
-	if over.Subnet.IsValid() {
+	if set.subnet.File != "" {
 		n.Subnet = over.Subnet
 		// A host moving to its own subnet cannot inherit the default gateway.
-		if !over.Gateway.IsValid() && def.Gateway.IsValid() && !over.Subnet.Contains(def.Gateway) {
+		if set.gateway.File == "" && def.Gateway.IsValid() && (!over.Subnet.IsValid() || !over.Subnet.Contains(def.Gateway)) {
 			n.Gateway = netip.Addr{}
 		}
 	}
-	if over.Gateway.IsValid() {
+	if set.gateway.File != "" {
 		n.Gateway = over.Gateway
 	}
 	return n
@@ -107,35 +162,60 @@ func ReservedIn(a netip.Addr, sn netip.Prefix, gw netip.Addr) string {
 	return ""
 }
 
-func checkHostNetwork(h *Host, errs *Errors) {
-	sn, gw := h.Network.Subnet, h.Network.Gateway
-	at := Pos{File: h.File}
-	if sn.IsValid() && gw.IsValid() {
-		if !sn.Contains(gw) {
-			*errs = append(*errs, at.Errorf("network.gateway", "gateway %s is outside the subnet %s", gw, sn))
-		} else if why := ReservedIn(gw, sn, netip.Addr{}); why != "" {
-			*errs = append(*errs, at.Errorf("network.gateway", "gateway %s %s", gw, why))
-		}
+// checkNetwork checks a gateway against its subnet, reporting at the
+// gateway's line (or the subnet's, when only that is written here). from
+// names where an inherited gateway comes from.
+func checkNetwork(n Network, at netPos, field, from string, errs *Errors) {
+	sn, gw := n.Subnet, n.Gateway
+	if !sn.IsValid() || !gw.IsValid() {
+		return
 	}
-	if h.IPPool != nil && sn.IsValid() {
+	pos := at.gateway
+	if pos.File == "" {
+		pos = at.subnet
+	}
+	var why string
+	if !sn.Contains(gw) {
+		why = fmt.Sprintf("is outside the subnet %s", sn)
+	} else {
+		why = ReservedIn(gw, sn, netip.Addr{})
+	}
+	if why != "" {
+		*errs = append(*errs, pos.Errorf(field+".gateway", "gateway %s%s %s", gw, from, why))
+	}
+}
+
+func checkHostNetwork(h *Host, errs *Errors) {
+	// The defaults were checked in fleet.yaml; a host is only blamed for
+	// what it writes itself.
+	if h.netPos.subnet.File != "" || h.netPos.gateway.File != "" {
+		from := ""
+		if h.netPos.gateway.File == "" {
+			from = " (from fleet.yaml defaults.network)"
+		}
+		checkNetwork(h.Network, h.netPos, "network", from, errs)
+	}
+	if sn := h.Network.Subnet; h.IPPool != nil && sn.IsValid() {
 		if !sn.Contains(h.IPPool.First) || !sn.Contains(h.IPPool.Last) {
-			*errs = append(*errs, at.Errorf("ip_pool", "pool %s is not inside the subnet %s", h.IPPool.Text, sn))
+			*errs = append(*errs, h.poolPos.Errorf("ip_pool", "pool %s is not inside the subnet %s", h.IPPool.Text, sn))
 		}
 	}
 }
 
-func checkDecky(f *Fleet, h *Host, d *Decky, field string, errs *Errors) {
+func checkDecky(l *loader, f *Fleet, h *Host, d *Decky, field string, defaultDistroOK bool) {
+	errs := &l.errs
 	add := func(pos Pos, fld, format string, args ...any) {
 		*errs = append(*errs, pos.Errorf(fld, format, args...))
 	}
-	if d.Distro == "" {
+	inherited := d.Distro == ""
+	if inherited {
 		d.Distro = f.Defaults.Distro
 	}
 	switch {
 	case d.Distro == "":
 		add(d.Pos, field+".distro", "no distro named and fleet.yaml sets no defaults.distro")
-	case f.Distros[d.Distro] == nil:
-		add(d.Pos, field+".distro", "distro %q is not in the distros catalog", d.Distro)
+	case f.Distros[d.Distro] == nil && (!inherited || defaultDistroOK):
+		add(d.Pos, field+".distro", "distro %q is not in the distros catalog%s", d.Distro, hint(sortedKeys(f.Distros)))
 	}
 	for i, s := range d.Services {
 		if f.Services[s] == nil {
@@ -147,20 +227,24 @@ func checkDecky(f *Fleet, h *Host, d *Decky, field string, errs *Errors) {
 			add(d.IPPos, field+".ip", "%s %s", d.IP, why)
 		}
 	}
-	checkServiceConfig(f, d, field, errs)
+	checkServiceConfig(l, f, d, field)
 }
 
-func catalogHint(f *Fleet) string {
-	if len(f.Services) == 0 {
+func catalogHint(f *Fleet) string { return hint(sortedKeys(f.Services)) }
+
+// hint lists the known names for a "not in the catalog" message.
+func hint(known []string) string {
+	if len(known) == 0 {
 		return ""
 	}
-	return " (known: " + strings.Join(sortedKeys(f.Services), ", ") + ")"
+	return " (known: " + strings.Join(known, ", ") + ")"
 }
 
 // checkServiceConfig types every service_config value against the
 // catalog and fills in defaults, so apply never sees an unchecked value.
-func checkServiceConfig(f *Fleet, d *Decky, field string, errs *Errors) {
-	w := &walker{file: d.file, errs: errs}
+func checkServiceConfig(l *loader, f *Fleet, d *Decky, field string) {
+	errs := &l.errs
+	w := l.walker(d.file)
 	runs := map[string]bool{}
 	for _, s := range d.Services {
 		runs[s] = true
@@ -270,6 +354,12 @@ func checkBuild(fsys fs.FS, b *Build, field string, errs *Errors) {
 	_ = fs.WalkDir(fsys, b.Context, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			add(field, "cannot read %s: %v", p, err)
+			return nil
+		}
+		if t := de.Type(); t&(fs.ModeNamedPipe|fs.ModeSocket|fs.ModeDevice|fs.ModeIrregular) != 0 {
+			// The worker reads the whole context to build it: a named pipe
+			// would block it, a device read the worker's hardware.
+			add(field, "%s is %s; a build context holds only regular files, directories and symlinks", p, fileKind(t))
 			return nil
 		}
 		if de.Type()&fs.ModeSymlink == 0 || !canReadLinks {

@@ -8,17 +8,49 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// maxNodes bounds the YAML nodes one file may expand to (aliases included),
-// so a hostile file cannot make validation explode ("billion laughs").
-const maxNodes = 200000
+// The alias budget. yaml.v3 keeps aliases as pointers, so a few bytes can
+// stand for an exponential tree once aliases and merge keys (<<) are
+// followed ("billion laughs"). Every node the walker visits costs one unit
+// from a budget shared by the whole repository, granted per byte read: a
+// plain file visits about one node per byte or fewer, so the budget only
+// bites on amplification, and the cost of any Load stays within a small
+// factor of a plain file of the same size.
+const (
+	// BudgetPerByte is the number of node visits each byte of YAML read
+	// adds to the repository's budget.
+	BudgetPerByte = 4
+	// BudgetBase is the budget every repository starts with, so small
+	// repositories may use anchors freely.
+	BudgetBase = 100_000
+	// MaxMergeDepth bounds merge keys nested in merge keys (and catches a
+	// mapping merging itself).
+	MaxMergeDepth = 16
+)
+
+// budget bounds the work of one Load. It is shared by every walker of the
+// load; once exhausted it stays exhausted (sticky), and Load then returns
+// the single error recorded in hit, never a partial result.
+type budget struct {
+	left int
+	hit  *Error
+}
+
+func newBudget() *budget { return &budget{left: BudgetBase} }
+
+// grant adds the allowance for n bytes read.
+func (b *budget) grant(n int) { b.left += n * BudgetPerByte }
+
+// exhausted reports whether the load must stop.
+func (b *budget) exhausted() bool { return b.hit != nil }
 
 // walker decodes a yaml.Node tree by hand. yaml.v3's own decoder stops at
 // the first type error and reports neither field paths nor all unknown
 // keys; walking the tree lets every error carry file, line and field.
 type walker struct {
-	file  string
-	errs  *Errors
-	nodes int
+	file       string
+	errs       *Errors
+	budget     *budget
+	mergeDepth int
 }
 
 func (w *walker) fail(n *yaml.Node, field, format string, args ...any) {
@@ -36,24 +68,37 @@ func (w *walker) pos(n *yaml.Node) Pos {
 	return Pos{File: w.file, Line: n.Line}
 }
 
-// deref follows aliases and charges the node budget.
+// deref follows aliases and charges the node budget. It never returns nil
+// for a non-nil node, even over budget: callers stop at the next
+// overBudget check, and Load then discards everything but the budget error.
 func (w *walker) deref(n *yaml.Node) *yaml.Node {
-	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 64; i++ {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && n.Alias != nil && i < 64; i++ {
 		n = n.Alias
 	}
-	w.nodes++
+	w.budget.left--
 	return n
 }
 
+// overBudget reports whether the repository's budget is spent, recording
+// the (single, sticky) error the first time. Compared with <=, not ==, so
+// no jump of the counter can step over it.
 func (w *walker) overBudget(n *yaml.Node, field string) bool {
-	if w.nodes > maxNodes {
-		if w.nodes < maxNodes+2 { // report once
-			w.nodes = maxNodes + 2
-			w.fail(n, field, "document expands to more than %d nodes (too much aliasing)", maxNodes)
-		}
+	if w.budget.exhausted() {
+		return true
+	}
+	if w.budget.left <= 0 {
+		e := w.pos(n).Errorf(field, "aliases and merge keys (<<) expand the repository beyond its budget of %d YAML nodes plus %d per byte; refusing the whole repository", BudgetBase, BudgetPerByte)
+		w.budget.hit = &e
 		return true
 	}
 	return false
+}
+
+// hostile stops the load with e as its only error, as overBudget does.
+func (w *walker) hostile(e Error) {
+	if !w.budget.exhausted() {
+		w.budget.hit = &e
+	}
 }
 
 func join(parent, key string) string {
@@ -109,8 +154,11 @@ func (w *walker) pairs(n *yaml.Node, field string) ([]pair, bool) {
 	seen := map[string]int{}
 	var merged []pair
 	for i := 0; i+1 < len(n.Content); i += 2 {
+		if w.overBudget(n.Content[i], field) {
+			return nil, false
+		}
 		k, v := w.deref(n.Content[i]), n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
+		if k == nil || k.Kind != yaml.ScalarNode {
 			w.fail(k, field, "mapping keys must be strings")
 			continue
 		}
@@ -125,6 +173,9 @@ func (w *walker) pairs(n *yaml.Node, field string) ([]pair, bool) {
 		seen[k.Value] = k.Line
 		out = append(out, pair{key: k.Value, k: k, v: v, field: join(field, k.Value)})
 	}
+	if w.overBudget(n, field) {
+		return nil, false
+	}
 	for _, p := range merged {
 		if _, ok := seen[p.key]; !ok {
 			seen[p.key] = p.k.Line
@@ -137,6 +188,15 @@ func (w *walker) pairs(n *yaml.Node, field string) ([]pair, bool) {
 
 func (w *walker) mergeSources(v *yaml.Node, field string) []pair {
 	v = w.deref(v)
+	if v == nil || w.overBudget(v, field) {
+		return nil
+	}
+	if w.mergeDepth >= MaxMergeDepth {
+		// Deeper merges only serve to amplify (or loop: a mapping merging
+		// itself); treated like an exhausted budget.
+		w.hostile(w.pos(v).Errorf(field, "merge keys (<<) nest more than %d deep or merge a mapping into itself; refusing the whole repository", MaxMergeDepth))
+		return nil
+	}
 	var srcs []*yaml.Node
 	switch v.Kind {
 	case yaml.MappingNode:
@@ -147,9 +207,14 @@ func (w *walker) mergeSources(v *yaml.Node, field string) []pair {
 		w.fail(v, field, "a merge key (<<) needs a mapping or a list of mappings")
 		return nil
 	}
+	w.mergeDepth++
+	defer func() { w.mergeDepth-- }()
 	var out []pair
 	for _, s := range srcs {
-		ps, _ := w.pairs(s, field)
+		ps, ok := w.pairs(s, field)
+		if !ok && w.budget.exhausted() {
+			return nil
+		}
 		out = append(out, ps...)
 	}
 	return out
@@ -165,6 +230,9 @@ func (w *walker) fields(n *yaml.Node, field string, required []string, known map
 	}
 	have := map[string]bool{}
 	for _, p := range ps {
+		if w.budget.exhausted() {
+			return false
+		}
 		have[p.key] = true
 		h, ok := known[p.key]
 		if !ok {
