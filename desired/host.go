@@ -18,9 +18,19 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 	// with the fleet defaults later (validate), after fleet.yaml is read.
 	h.Network = Network{}
 	var seenNames = map[string]int{}
-	w.fields(root, "", []string{"deckies"}, map[string]func(pair){
+	hasDeckies := false
+	w.fields(root, "", nil, map[string]func(pair){
 		"host_uuid": func(p pair) { h.HostUUID, _ = w.str(p.v, p.field) },
-		"network":   func(p pair) { w.network(p.v, p.field, &h.Network, &h.netPos) },
+		"prune":     func(p pair) { w.prune(p, &h.Prune) },
+		"decommission": func(p pair) {
+			h.Decommission, _ = w.boolean(p.v, p.field)
+			h.DecommissionPos = w.pos(w.deref(p.v))
+		},
+		"suspend": func(p pair) {
+			h.Suspend, _ = w.boolean(p.v, p.field)
+			h.SuspendPos = w.pos(w.deref(p.v))
+		},
+		"network": func(p pair) { w.network(p.v, p.field, &h.Network, &h.netPos) },
 		"ip_pool": func(p pair) {
 			h.poolPos = w.pos(w.deref(p.v))
 			if s, ok := w.str(p.v, p.field); ok {
@@ -32,6 +42,7 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 			}
 		},
 		"deckies": func(p pair) {
+			hasDeckies = true
 			w.list(p.v, p.field, func(_ int, item *yaml.Node, f string) {
 				d := w.decky(item, f)
 				if d == nil {
@@ -46,7 +57,53 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 			})
 		},
 	})
+	switch {
+	case w.budget.exhausted():
+	case h.Decommission && len(h.Deckies) > 0:
+		w.fail(h.Deckies[0].Pos.node(), "deckies", "a host with decommission: true runs no deckies; remove them (or the decommission)")
+	case h.Decommission && h.Suspend:
+		w.fail(h.SuspendPos.node(), "suspend", "decommission: true and suspend: true contradict each other; keep one")
+	case !hasDeckies && !h.Decommission:
+		// Required, so that an empty or truncated host file is never read
+		// as "no deckies".
+		w.fail(w.deref(root), "deckies", "required key is missing (deckies: [] with prune: {max: all} removes every decky)")
+	}
 	return h
+}
+
+// node returns a stand-in node carrying p's line, for walker.fail.
+func (p Pos) node() *yaml.Node { return &yaml.Node{Line: p.Line} }
+
+// prune decodes prune: {max: N | all}.
+func (w *walker) prune(p pair, pr *Prune) {
+	pr.Set, pr.Pos = true, w.pos(w.deref(p.v))
+	ok := w.fields(p.v, p.field, []string{"max"}, map[string]func(pair){
+		"max": func(q pair) {
+			n := w.deref(q.v)
+			if n != nil && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str" {
+				if n.Value != "all" {
+					w.fail(n, q.field, "%q is not a number of deckies or \"all\"", n.Value)
+					pr.Set = false
+					return
+				}
+				pr.All = true
+				return
+			}
+			v, ok := w.integer(q.v, q.field)
+			switch {
+			case !ok:
+				pr.Set = false
+			case v < 1 || v > 1_000_000:
+				w.fail(q.v, q.field, "%d is not a number of deckies (1 or more) or \"all\"", v)
+				pr.Set = false
+			default:
+				pr.Max = int(v)
+			}
+		},
+	})
+	if !ok || (!pr.All && pr.Max == 0) {
+		pr.Set, pr.All, pr.Max = false, false, 0
+	}
 }
 
 // ParsePool parses an ip_pool: a CIDR ("198.51.100.64/27") or an inclusive

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -108,11 +109,19 @@ func LoadContext(ctx context.Context, fsys fs.FS) (*Fleet, error) {
 		return nil, fmt.Errorf("loading the fleet repository was stopped: %w", ctx.Err())
 	case l.budget.exhausted():
 		return nil, Errors{*l.budget.hit}
+	case len(l.errs) > MaxErrors:
+		// Past this an operator fixes the first ones and runs again.
+		es := l.errs.sorted()[:MaxErrors]
+		return nil, append(es, Error{File: es[MaxErrors-1].File, Msg: fmt.Sprintf("and %d more errors not shown", len(l.errs)-MaxErrors)})
 	case len(l.errs) > 0:
 		return nil, l.errs.sorted()
 	}
 	return f, nil
 }
+
+// MaxErrors is the most errors one Load returns; a note says how many
+// more there were.
+const MaxErrors = 1000
 
 // hostFiles lists hosts/*.yaml, reporting what cannot be a host file.
 // Entry types come from the directory listing, so nothing is opened.
@@ -535,15 +544,15 @@ func (w *walker) command(p pair) []string {
 	return c
 }
 
-// dangerousCaps are capabilities that give a container power over the host.
-// A decoy faces attackers; the catalog may not hand it these.
-var dangerousCaps = map[string]bool{
-	"ALL": true, "SYS_ADMIN": true, "SYS_MODULE": true, "SYS_RAWIO": true, "SYS_PTRACE": true,
-	"DAC_READ_SEARCH": true, "SYS_BOOT": true, "MAC_ADMIN": true, "MAC_OVERRIDE": true,
-	"BPF": true, "PERFMON": true, "SYSLOG": true, "SYS_TIME": true, "LINUX_IMMUTABLE": true,
-}
+// MaxNetRawReasonLen bounds net_raw_reason: a sentence, not a document.
+const MaxNetRawReasonLen = 300
 
 func (w *walker) service(n *yaml.Node, field string, s *Service) {
+	s.Check = true
+	s.Limits = DefaultLimits()
+	var netRaw *yaml.Node // the cap_add item naming NET_RAW
+	var netRawField string
+	var reasonNode *yaml.Node
 	w.fields(n, field, nil, map[string]func(pair){
 		"image": func(p pair) { w.source(p, &s.Source) },
 		"build": func(p pair) { w.source(p, &s.Source) },
@@ -563,21 +572,39 @@ func (w *walker) service(n *yaml.Node, field string, s *Service) {
 			})
 		},
 		"cap_add": func(p pair) {
+			seen := map[string]bool{}
 			w.list(p.v, p.field, func(_ int, item *yaml.Node, f string) {
-				c, ok := w.str(item, f)
+				written, ok := w.str(item, f)
 				if !ok {
 					return
 				}
-				c = strings.TrimPrefix(strings.ToUpper(c), "CAP_")
+				c, msg := checkCap(written)
 				switch {
-				case !capRE.MatchString(c):
-					w.fail(item, f, "%q is not a capability name", c)
-				case dangerousCaps[c]:
-					w.fail(item, f, "capability %s gives a container power over the host; a decoy may not have it", c)
+				case msg != "":
+					w.fail(item, f, "%q %s", written, msg)
+				case seen[c]:
+					w.fail(item, f, "capability %s is listed twice", c)
 				default:
+					seen[c] = true
+					if c == CapNetRaw {
+						netRaw, netRawField = w.deref(item), f
+					}
 					s.CapAdd = append(s.CapAdd, c)
 				}
 			})
+		},
+		"net_raw_reason": func(p pair) {
+			if r, ok := w.str(p.v, p.field); ok {
+				reasonNode = w.deref(p.v)
+				switch r = strings.TrimSpace(r); {
+				case r == "":
+					w.fail(p.v, p.field, "must say why the service needs raw sockets")
+				case len(r) > MaxNetRawReasonLen || strings.ContainsAny(r, "\n\r\x00"):
+					w.fail(p.v, p.field, "must be one line of at most %d bytes", MaxNetRawReasonLen)
+				default:
+					s.NetRawReason = r
+				}
+			}
 		},
 		"environment": func(p pair) {
 			s.Environment = w.strMap(p.v, p.field, envRE.MatchString, "an environment variable name")
@@ -593,7 +620,23 @@ func (w *walker) service(n *yaml.Node, field string, s *Service) {
 				s.Config[e.key] = w.configKey(e)
 			}
 		},
+		"check":     func(p pair) { s.Check, _ = w.boolean(p.v, p.field) },
+		"read_only": func(p pair) { s.ReadOnly, _ = w.boolean(p.v, p.field) },
+		"limits":    func(p pair) { w.limits(p.v, p.field, &s.Limits) },
 	})
+	switch {
+	case netRaw != nil && reasonNode == nil:
+		w.fail(netRaw, netRawField, "NET_RAW lets a decoy on the LAN forge packets (ARP spoofing); a service gets it only with net_raw_reason: \"<why it needs raw sockets>\"")
+	case netRaw == nil && reasonNode != nil:
+		w.fail(reasonNode, join(field, "net_raw_reason"), "is set but cap_add has no NET_RAW")
+		s.NetRawReason = ""
+	case netRaw == nil:
+		s.NetRawReason = ""
+	}
+	if netRaw != nil && s.NetRawReason == "" {
+		// Refused above; never expose NET_RAW without its reason.
+		s.CapAdd = slices.DeleteFunc(s.CapAdd, func(c string) bool { return c == CapNetRaw })
+	}
 	w.sourceDone(w.deref(n), field, &s.Source)
 }
 

@@ -112,6 +112,9 @@ func TestLoadValid(t *testing.T) {
 	}
 }
 
+// allowedCaps is the allowlist as every capability error lists it.
+const allowedCaps = "allowed: AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT; NET_RAW with net_raw_reason"
+
 func TestLoadErrors(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -184,7 +187,7 @@ func TestLoadErrors(t *testing.T) {
 		{"pool with host bits", map[string]string{"hosts/worker-a.yaml|198.51.100.64/27": "198.51.100.65/27"},
 			[]string{`hosts/worker-a.yaml:1: ip_pool: "198.51.100.65/27" has host bits set; write 198.51.100.64/27`}},
 		{"dangerous capability", map[string]string{"fleet.yaml|[NET_BIND_SERVICE]": "[NET_BIND_SERVICE, SYS_ADMIN]"},
-			[]string{"fleet.yaml:15: services.ssh.cap_add[1]: capability SYS_ADMIN gives a container power over the host; a decoy may not have it"}},
+			[]string{`fleet.yaml:15: services.ssh.cap_add[1]: "SYS_ADMIN" is not allowed for a decoy service (` + allowedCaps + `)`}},
 		{"duplicate key", map[string]string{"hosts/worker-a.yaml|    ip: 198.51.100.70\n": "    ip: 198.51.100.70\n    ip: 198.51.100.71\n"},
 			[]string{"hosts/worker-a.yaml:6: deckies[0].ip: duplicate key (first set on line 5)"}},
 		{"config for a service the decky does not run", map[string]string{"hosts/worker-a.yaml|services: [http, ssh]": "services: [ssh]"},
@@ -211,7 +214,7 @@ func TestLoadErrors(t *testing.T) {
 			"hosts/worker-a.yaml|services: [ssh]": "services: [telnet]",
 			"hosts/worker-a.yaml|ip_pool":         "ip_pol",
 		}, []string{
-			"hosts/worker-a.yaml:1: ip_pol: unknown key (allowed: deckies, host_uuid, ip_pool, network)",
+			"hosts/worker-a.yaml:1: ip_pol: unknown key (allowed: deckies, decommission, host_uuid, ip_pool, network, prune, suspend)",
 			"hosts/worker-a.yaml:5: deckies[0].ip: 198.51.100.1 is the gateway address",
 			`hosts/worker-a.yaml:8: deckies[1].services[0]: service "telnet" is not in the services catalog (known: http, ssh)`,
 		}},

@@ -102,14 +102,29 @@ type Distro struct {
 
 // Service is an entry of the service catalog.
 type Service struct {
-	Name        string
-	Source      Source
-	Ports       []Port
+	Name   string
+	Source Source
+	Ports  []Port
+	// CapAdd holds the capabilities the service adds, canonical (upper
+	// case, no "CAP_" prefix), each in [ServiceCapabilities] or NET_RAW
+	// (then NetRawReason is set).
 	CapAdd      []string
 	Environment map[string]string
 	Command     []string
 	Config      map[string]*ConfigKey // service_config keys this service accepts
-	Pos         Pos
+	// Check is whether the agent probes the service's TCP ports from the
+	// LAN once its decky is up; true unless the catalog says check: false
+	// (decoys that must stay silent).
+	Check bool
+	// Limits are the container's resource limits, defaults applied.
+	Limits Limits
+	// ReadOnly is whether the container's root filesystem is read-only
+	// (read_only: true); false by default.
+	ReadOnly bool
+	// NetRawReason is why the service holds NET_RAW; set exactly when
+	// CapAdd holds NET_RAW.
+	NetRawReason string
+	Pos          Pos
 }
 
 // Port is a declared listening port of a service.
@@ -159,9 +174,51 @@ type Host struct {
 	Network  Network
 	IPPool   *Pool
 	Deckies  []*Decky
+	// Prune is the host's committed override of the agent's prune guard
+	// (prune: {max: N} or {max: all}); zero = not set, the default guard.
+	Prune Prune
+	// Decommission (decommission: true) tells the agent to remove
+	// everything it owns on the worker, report, delete its state and stop.
+	// A decommissioned host lists no deckies.
+	Decommission    bool
+	DecommissionPos Pos // where decommission: is written; zero when absent
+	// Suspend (suspend: true) tells the agent to keep fetching, verifying
+	// and reporting, and to apply nothing.
+	Suspend    bool
+	SuspendPos Pos // where suspend: is written; zero when absent
 
 	netPos  netPos
 	poolPos Pos
+}
+
+// The agent's default prune guard: without an override, one pass removes
+// at most DefaultPruneMax deckies and at most half of the deckies the
+// worker runs.
+const DefaultPruneMax = 10
+
+// Prune is a host file's prune override.
+type Prune struct {
+	Max int  // the most deckies one pass may remove; set when !All
+	All bool // max: all: any number, including every decky
+	Set bool // the host file has a prune block
+	Pos Pos  // where prune: is written
+}
+
+// Allows reports whether one pass may remove remove of the running
+// deckies under this override, or under the default guard when none is
+// set (at most DefaultPruneMax, and at most half of running). Removing
+// every decky of a worker, as `deckies: []` asks, always needs the
+// override (unless nothing runs).
+func (p Prune) Allows(running, remove int) bool {
+	switch {
+	case remove <= 0:
+		return true
+	case p.Set && p.All:
+		return true
+	case p.Set:
+		return remove <= p.Max
+	}
+	return remove <= DefaultPruneMax && 2*remove <= running
 }
 
 // Pool is an inclusive IPv4 address range the worker allocates decky
@@ -210,7 +267,6 @@ var (
 	dockerNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 	// ifaceRE follows the kernel's rules: at most 15 bytes, no '/', ':' or space.
 	ifaceRE     = regexp.MustCompile(`^[a-zA-Z0-9_.@-]{1,15}$`)
-	capRE       = regexp.MustCompile(`^[A-Z][A-Z_]{1,30}$`)
 	configKeyRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
 	hostnameRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
 )

@@ -25,6 +25,8 @@ const (
 	// MaxMergeDepth bounds merge keys nested in merge keys (and catches a
 	// mapping merging itself).
 	MaxMergeDepth = 16
+	// errorCost is what recording one error takes from the budget.
+	errorCost = 16
 )
 
 // budget bounds the work of one Load. It is shared by every walker of the
@@ -54,6 +56,9 @@ type walker struct {
 }
 
 func (w *walker) fail(n *yaml.Node, field, format string, args ...any) {
+	// Errors cost too: an alias repeating a broken mapping must not fill
+	// memory with error texts before the budget stops it.
+	w.budget.left -= errorCost
 	line := 0
 	if n != nil {
 		line = n.Line
