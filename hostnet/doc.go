@@ -9,9 +9,18 @@
 // answer is missing or ambiguous: no default route, several candidate
 // interfaces, no IPv4 address.
 //
+// [Probe] is duplicate-address detection (RFC 5227 probes from 0.0.0.0):
+// one ARP burst covers any number of addresses, answers are matched by
+// sender address under one deadline per round, and a round that lost
+// frames fails rather than call an address free. [Resolve] asks the LAN,
+// from the host helper link and the worker's own address, which MAC
+// answers for given decky addresses: the LAN's view of a decky's identity.
+// [Detector.EnsureHelper] keeps that helper link.
+//
 // # Boundaries
 //
-// hostnet only reads kernel state; it does not create links, routes or
-// Docker networks and must not import Docker, apply or report. The pure
+// hostnet reads kernel state and sends ARP on the decoy LAN; the only
+// link and routes it creates are the helper's. It does not create Docker
+// networks and must not import Docker, apply or report. The pure
 // address allocation it feeds lives in package relocalize.
 package hostnet

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -15,11 +16,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ProbeOptions tune duplicate-address detection.
+// ProbeOptions tune duplicate-address detection and [Resolve].
 type ProbeOptions struct {
-	Probes   int           // probes sent per address; default 3
-	Interval time.Duration // between probes; default 150ms
-	Wait     time.Duration // listening after the last probe; default 500ms
+	Probes   int           // requests sent per address; default 3
+	Interval time.Duration // between bursts; default 150ms
+	Wait     time.Duration // listening after the last burst; default 500ms
+}
+
+func (o ProbeOptions) withDefaults() ProbeOptions {
+	if o.Probes <= 0 {
+		o.Probes = 3
+	}
+	if o.Interval <= 0 {
+		o.Interval = 150 * time.Millisecond
+	}
+	if o.Wait <= 0 {
+		o.Wait = 500 * time.Millisecond
+	}
+	return o
 }
 
 // Conflict is an address some machine on the LAN already uses.
@@ -38,62 +52,148 @@ func (c Conflict) String() string {
 	return fmt.Sprintf("%s is in use on the LAN (answered ARP from %s)", c.IP, c.MAC)
 }
 
+// ErrFramesDropped: the kernel dropped ARP frames meant for the probe's
+// socket, so an answer may have been lost and "no answer" proves nothing.
+var ErrFramesDropped = errors.New("ARP frames were dropped before they could be read")
+
 // Probe performs duplicate-address detection in the spirit of RFC 5227 on
 // iface: ARP probes with sender address 0.0.0.0 (so no neighbour cache on
 // the LAN learns anything), then listens for any machine that answers for,
 // announces, or is itself probing one of addrs. It returns the conflicts
 // found; addresses not in the result are free as far as the LAN can tell.
-// It needs CAP_NET_RAW.
+//
+// All of addrs are probed in one burst per [ProbeOptions.Probes] (hundreds
+// of addresses cost the same time as one), answers are matched by their
+// sender address (any order, any count) under one deadline for the whole
+// round, and a round in which the kernel dropped frames fails with
+// [ErrFramesDropped] rather than call unheard addresses free. It needs
+// CAP_NET_RAW.
 func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptions) (map[netip.Addr]Conflict, error) {
 	out := map[netip.Addr]Conflict{}
 	if len(addrs) == 0 {
 		return out, nil
 	}
-	if opt.Probes <= 0 {
-		opt.Probes = 3
-	}
-	if opt.Interval <= 0 {
-		opt.Interval = 150 * time.Millisecond
-	}
-	if opt.Wait <= 0 {
-		opt.Wait = 500 * time.Millisecond
-	}
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return nil, fmt.Errorf("probe: interface %s: %w", iface, err)
-	}
-	conn, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_ARP, nil)
-	if err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("probe: ARP needs CAP_NET_RAW: %w", err)
-		}
-		return nil, fmt.Errorf("probe: raw socket on %s: %w", iface, err)
-	}
-	c, err := arp.New(ifi, conn)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("probe: %w", err)
-	}
-	defer c.Close()
 	want := map[netip.Addr]bool{}
 	for _, a := range addrs {
 		want[a] = true
 	}
+	err := arpRound(ctx, iface, netip.IPv4Unspecified(), addrs, opt, func(mine net.HardwareAddr, p *arp.Packet) {
+		switch {
+		case want[p.SenderIP]:
+			out[p.SenderIP] = Conflict{IP: p.SenderIP, MAC: p.SenderHardwareAddr}
+		case p.Operation == arp.OperationRequest && p.SenderIP.IsUnspecified() && want[p.TargetIP]:
+			if _, seen := out[p.TargetIP]; !seen {
+				out[p.TargetIP] = Conflict{IP: p.TargetIP, MAC: p.SenderHardwareAddr, Probing: true}
+			}
+		}
+	})
+	if err != nil {
+		return out, fmt.Errorf("probe: %w", err)
+	}
+	return out, nil
+}
+
+// Resolve asks the LAN, from iface with sender address src, which MAC
+// answers ARP for each of targets: the LAN's view of an address, for
+// checking that a decky is seen with its own derived MAC. Send it from the
+// host helper link (iface = the helper, src = the worker's address on it):
+// a macvlan parent cannot reach its own children, the helper can.
+//
+// The result holds, per target that answered, every distinct MAC that did,
+// in the order first heard: one entry is the healthy case; two or more mean
+// another machine claims the address too. Targets that did not answer are
+// absent. It listens for the whole round (no early return), so a second
+// answer is not missed. It needs CAP_NET_RAW.
+func Resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, error) {
+	out := map[netip.Addr][]net.HardwareAddr{}
+	if len(targets) == 0 {
+		return out, nil
+	}
+	if !src.Is4() || src.IsUnspecified() {
+		return nil, fmt.Errorf("resolve: sender address %v is not a usable IPv4 address", src)
+	}
+	want := map[netip.Addr]bool{}
+	for _, a := range targets {
+		want[a] = true
+	}
+	err := arpRound(ctx, iface, src, targets, opt, func(mine net.HardwareAddr, p *arp.Packet) {
+		if !want[p.SenderIP] || p.SenderHardwareAddr.String() == mine.String() {
+			return
+		}
+		for _, m := range out[p.SenderIP] {
+			if m.String() == p.SenderHardwareAddr.String() {
+				return
+			}
+		}
+		out[p.SenderIP] = append(out[p.SenderIP], append(net.HardwareAddr(nil), p.SenderHardwareAddr...))
+	})
+	if err != nil {
+		return out, fmt.Errorf("resolve: %w", err)
+	}
+	return out, nil
+}
+
+// rcvBuf is the receive buffer asked for: room for thousands of ARP
+// frames, so a burst whose answers all arrive at once loses none.
+const rcvBuf = 4 << 20
+
+// arpRound sends opt.Probes bursts of ARP requests for every target
+// (sender address src, 0.0.0.0 for a probe) on iface and hands every ARP
+// frame received from another machine to seen until one deadline, covering
+// all bursts plus opt.Wait, passes. Replies are matched by the caller (by
+// sender address), never by order, so any number of targets can share a
+// round.
+func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions, seen func(mine net.HardwareAddr, p *arp.Packet)) error {
+	opt = opt.withDefaults()
+	targets = append([]netip.Addr(nil), targets...)
+	sort.Slice(targets, func(i, j int) bool { return targets[i].Less(targets[j]) })
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", iface, err)
+	}
+	conn, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_ARP, nil)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("ARP needs CAP_NET_RAW: %w", err)
+		}
+		return fmt.Errorf("raw socket on %s: %w", iface, err)
+	}
+	tuneSocket(conn)
+	c, err := arp.New(ifi, conn)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer c.Close()
 	mine := ifi.HardwareAddr
+
+	// One deadline for the whole round, set before the first frame leaves.
+	deadline := time.Now().Add(time.Duration(opt.Probes)*opt.Interval + opt.Wait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := c.SetReadDeadline(deadline); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	defer stop()
 
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < opt.Probes; i++ {
-			for _, a := range addrs {
-				p, err := arp.NewPacket(arp.OperationRequest, mine, netip.IPv4Unspecified(), ethernet.Broadcast, a)
+			for _, a := range targets {
+				p, err := arp.NewPacket(arp.OperationRequest, mine, src, ethernet.Broadcast, a)
 				if err != nil {
 					done <- err
 					return
 				}
 				if err := c.WriteTo(p, ethernet.Broadcast); err != nil {
-					done <- fmt.Errorf("probe: send on %s: %w", iface, err)
+					done <- fmt.Errorf("send on %s: %w", iface, err)
 					return
 				}
+			}
+			if i == opt.Probes-1 {
+				break
 			}
 			select {
 			case <-ctx.Done():
@@ -105,13 +205,6 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 		done <- nil
 	}()
 
-	deadline := time.Now().Add(time.Duration(opt.Probes)*opt.Interval + opt.Wait)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := c.SetReadDeadline(deadline); err != nil {
-		return nil, err
-	}
 	for {
 		p, _, err := c.Read()
 		if err != nil {
@@ -120,25 +213,42 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 				break
 			}
 			// Anything else is a frame that is not Ethernet/IPv4 ARP: skip it.
-			if time.Now().After(deadline) {
+			if time.Now().After(deadline) || ctx.Err() != nil {
 				break
 			}
 			continue
 		}
 		if p.SenderHardwareAddr.String() == mine.String() {
-			continue // our own probe, looped back
+			continue // our own request, looped back
 		}
-		switch {
-		case want[p.SenderIP]:
-			out[p.SenderIP] = Conflict{IP: p.SenderIP, MAC: p.SenderHardwareAddr}
-		case p.Operation == arp.OperationRequest && p.SenderIP.IsUnspecified() && want[p.TargetIP]:
-			if _, seen := out[p.TargetIP]; !seen {
-				out[p.TargetIP] = Conflict{IP: p.TargetIP, MAC: p.SenderHardwareAddr, Probing: true}
-			}
+		seen(mine, p)
+	}
+	if err := <-done; err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if st, err := conn.Stats(); err == nil && st.Drops > 0 {
+		return fmt.Errorf("%w: %d on %s", ErrFramesDropped, st.Drops, iface)
+	}
+	return nil
+}
+
+// tuneSocket makes a burst's answers fit: a large receive buffer
+// (SO_RCVBUFFORCE as root, else as much as the system allows), and no
+// copies of our own outgoing requests (PACKET_IGNORE_OUTGOING, Linux 4.20+),
+// which would otherwise take half of it. Both are best effort: on failure
+// the drop counter still catches a lost answer.
+func tuneSocket(conn *packet.Conn) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
 		}
-	}
-	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-		return out, err
-	}
-	return out, nil
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+	})
 }

@@ -2,7 +2,11 @@ package hostnet
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/netip"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,4 +36,127 @@ func TestProbeFindsAddressesInUse(t *testing.T) {
 		t.Errorf("%s is free but was reported in use", free)
 	}
 	t.Logf("probed 3 addresses in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// One burst covers a whole dense LAN: 124 targets in one call, 42 of them
+// answering (40 back to back, the LAN machine, and another machine with its
+// own MAC), and every answer is matched to its address, whatever the order.
+func TestProbeBurstOfManyTargets(t *testing.T) {
+	l := testlan.New(t, testlan.Options{Bits: 25, Busy: 40})
+	other := netip.MustParseAddr("0.0.0.0")
+	for a, i := l.Subnet.Addr(), 0; i < 100; i++ {
+		a = a.Next()
+		other = a
+	}
+	otherMAC := net.HardwareAddr{0x02, 0x00, 0x5e, 0x10, 0x20, 0x30}
+	l.AddMachine(t, other, otherMAC)
+	peerMAC := l.PeerMAC(t)
+
+	var targets []netip.Addr
+	for a := l.Host.Next(); l.Subnet.Contains(a.Next()); a = a.Next() {
+		targets = append(targets, a) // .3 .. .126
+	}
+	if len(targets) < 64 {
+		t.Fatalf("only %d targets", len(targets))
+	}
+	got, err := Probe(context.Background(), l.Parent, targets, ProbeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]string{l.Peer: peerMAC.String(), other: otherMAC.String()}
+	for _, a := range l.Busy {
+		want[a] = peerMAC.String()
+	}
+	if len(want) != 42 {
+		t.Fatalf("test set-up: %d addresses in use", len(want))
+	}
+	for a, mac := range want {
+		c, ok := got[a]
+		if !ok {
+			t.Errorf("%s answers ARP but was not found", a)
+			continue
+		}
+		if c.MAC.String() != mac || c.Probing {
+			t.Errorf("%s: conflict %+v, want MAC %s", a, c, mac)
+		}
+	}
+	for a := range got {
+		if _, ok := want[a]; !ok {
+			t.Errorf("%s is free but was reported in use: %v", a, got[a])
+		}
+	}
+}
+
+func TestProbeCancelledIsNotFree(t *testing.T) {
+	l := testlan.New(t, testlan.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Probe(ctx, l.Parent, []netip.Addr{l.Peer.Next()}, ProbeOptions{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled probe must fail, not call the address free: %v", err)
+	}
+}
+
+// Resolve from the host helper link sees each address with the MAC that
+// answers for it on the LAN, from the worker's own address (the LAN learns
+// the helper as the asker), and reports a second machine claiming the same
+// address.
+func TestResolveFromHelper(t *testing.T) {
+	l := testlan.New(t, testlan.Options{Busy: 2})
+	d, err := NewDetector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	name := "hl" + testlan.Suffix()
+	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
+	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	helper, err := net.InterfaceByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerMAC := l.PeerMAC(t)
+	decky, deckyMAC := l.Busy[1].Next().Next(), net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}
+	l.AddMachine(t, decky, deckyMAC)
+	dup, dupMAC := decky.Next(), net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x66}
+	l.AddMachine(t, dup, dupMAC)
+	l.AddPeerAddr(t, dup) // the LAN machine claims it too
+	silent := dup.Next().Next()
+
+	got, err := Resolve(context.Background(), name, l.Host, []netip.Addr{l.Peer, l.Busy[0], decky, dup, silent}, ProbeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	macs := func(a netip.Addr) string {
+		var s []string
+		for _, m := range got[a] {
+			s = append(s, m.String())
+		}
+		return strings.Join(s, " ")
+	}
+	for a, want := range map[netip.Addr]string{l.Peer: peerMAC.String(), l.Busy[0]: peerMAC.String(), decky: deckyMAC.String()} {
+		if macs(a) != want {
+			t.Errorf("%s resolved to [%s], want %s", a, macs(a), want)
+		}
+	}
+	if d := macs(dup); len(got[dup]) != 2 || !strings.Contains(d, dupMAC.String()) || !strings.Contains(d, peerMAC.String()) {
+		t.Errorf("%s is claimed by two machines; resolved to [%s]", dup, d)
+	}
+	if _, ok := got[silent]; ok {
+		t.Errorf("%s answered nobody, resolved to [%s]", silent, macs(silent))
+	}
+	// The requests came from the helper: the decky's side learnt the
+	// worker's address at the helper's MAC.
+	out, err := exec.Command("ip", "-n", l.NS, "neigh", "show", l.Host.String()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip neigh: %v %s", err, out)
+	}
+	if !strings.Contains(string(out), helper.HardwareAddr.String()) {
+		t.Errorf("the LAN did not see the helper (%s) asking: %s", helper.HardwareAddr, out)
+	}
+
+	if _, err := Resolve(context.Background(), name, netip.Addr{}, []netip.Addr{decky}, ProbeOptions{}); err == nil {
+		t.Error("Resolve without a sender address must fail")
+	}
 }

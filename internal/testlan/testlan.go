@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -67,9 +68,14 @@ type LAN struct {
 	Host    netip.Addr   // the worker's address on Parent (.2)
 	Peer    netip.Addr   // the LAN machine's address in NS (.3)
 
-	peerDev string // the LAN machine's device holding Peer
-	id      string
-	ports   int
+	// Busy are the extra addresses the LAN machine holds (Options.Busy and
+	// AddPeerAddrs), lowest first; every one answers ARP.
+	Busy []netip.Addr
+
+	peerDev  string // the LAN machine's device holding Peer
+	id       string
+	ports    int
+	machines int
 }
 
 // Options tune New.
@@ -86,6 +92,13 @@ type Options struct {
 	// Bridge makes the LAN a switch (a bridge in the LAN machine's
 	// namespace), so AddPort can attach more workers to the same segment.
 	Bridge bool
+	// Bits is the prefix length of a picked subnet, 24 to 26 (default 26):
+	// a bigger LAN for tests that need more than 60 addresses.
+	Bits int
+	// Busy makes the LAN machine hold that many extra addresses, back to
+	// back right after Peer (the bottom of an ip_pool-less allocation), as
+	// on a dense office LAN; they are in LAN.Busy.
+	Busy int
 }
 
 func run(t testing.TB, args ...string) {
@@ -108,7 +121,14 @@ func New(t testing.TB, opt Options) *LAN {
 	t.Helper()
 	RequireRoot(t)
 	if opt.Subnet == "" {
-		opt.Subnet = freeSubnet(t).String()
+		bits := opt.Bits
+		if bits == 0 {
+			bits = 26
+		}
+		if bits < 24 || bits > 26 {
+			t.Fatalf("testlan: Options.Bits %d is not 24, 25 or 26", bits)
+		}
+		opt.Subnet = freeSubnet(t, bits).String()
 	}
 	sn := netip.MustParsePrefix(opt.Subnet).Masked()
 	for _, doc := range []string{"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"} {
@@ -150,7 +170,40 @@ ok:
 	if opt.DefaultRoute {
 		run(t, "ip", "route", "add", "default", "via", l.Gateway.String(), "dev", l.Parent, "metric", "4242")
 	}
+	if opt.Busy > 0 {
+		l.AddPeerAddrs(t, l.Peer.Next(), opt.Busy)
+	}
 	return l
+}
+
+// AddPeerAddrs makes the LAN machine hold n more consecutive addresses
+// from first on (live hosts back to back), and returns them.
+func (l *LAN) AddPeerAddrs(t testing.TB, first netip.Addr, n int) []netip.Addr {
+	t.Helper()
+	var added []netip.Addr
+	a := first
+	for i := 0; i < n; i, a = i+1, a.Next() {
+		if !l.Subnet.Contains(a) {
+			t.Fatalf("testlan: %d addresses from %s do not fit in %s", n, first, l.Subnet)
+		}
+		l.AddPeerAddr(t, a)
+		added = append(added, a)
+	}
+	return added
+}
+
+// AddMachine puts one more machine on the LAN: its own MAC, answering ARP
+// for a alone (a macvlan in the LAN machine's namespace). The namespace
+// answers ARP only on the device that holds the address asked for
+// (arp_ignore=1), so every machine is seen with its own MAC.
+func (l *LAN) AddMachine(t testing.TB, a netip.Addr, mac net.HardwareAddr) {
+	t.Helper()
+	l.machines++
+	dev := fmt.Sprintf("pm%s%d", l.id, l.machines)
+	run(t, "ip", "netns", "exec", l.NS, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
+	run(t, "ip", "-n", l.NS, "link", "add", dev, "link", l.peerDev, "address", mac.String(), "type", "macvlan", "mode", "bridge")
+	run(t, "ip", "-n", l.NS, "addr", "add", fmt.Sprintf("%s/%d", a, l.Subnet.Bits()), "dev", dev)
+	run(t, "ip", "-n", l.NS, "link", "set", dev, "up")
 }
 
 // AddPeerAddr makes the LAN machine hold one more address (an address a
@@ -158,6 +211,26 @@ ok:
 func (l *LAN) AddPeerAddr(t testing.TB, a netip.Addr) {
 	t.Helper()
 	run(t, "ip", "-n", l.NS, "addr", "add", fmt.Sprintf("%s/%d", a, l.Subnet.Bits()), "dev", l.peerDev)
+	l.Busy = append(l.Busy, a)
+	sort.Slice(l.Busy, func(i, j int) bool { return l.Busy[i].Less(l.Busy[j]) })
+}
+
+// PeerMAC returns the MAC the LAN machine answers ARP with for Peer and
+// every address in Busy.
+func (l *LAN) PeerMAC(t testing.TB) net.HardwareAddr {
+	t.Helper()
+	var mac net.HardwareAddr
+	err := l.InNS(func() error {
+		ifi, err := net.InterfaceByName(l.peerDev)
+		if err == nil {
+			mac = ifi.HardwareAddr
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("testlan: MAC of %s: %v", l.peerDev, err)
+	}
+	return mac
 }
 
 // AddPort attaches another worker NIC to a Bridge LAN: a veth whose root
@@ -242,35 +315,53 @@ func (l *LAN) WaitBanner(addr netip.Addr, port int, send string, timeout time.Du
 	}
 }
 
-// freeSubnet reserves a /26 of the documentation ranges for the test's
-// lifetime with an flock, so tests in parallel processes never share one.
-func freeSubnet(t testing.TB) netip.Prefix {
+// freeSubnet reserves a /bits (24 to 26) of the documentation ranges for
+// the test's lifetime, with an flock on each /26 it covers, so tests in
+// parallel processes never share one whatever sizes they ask for.
+func freeSubnet(t testing.TB, bits int) netip.Prefix {
 	t.Helper()
 	var cands []netip.Prefix
 	for _, base := range []string{"198.51.100.0", "203.0.113.0", "192.0.2.0"} {
 		a := netip.MustParseAddr(base).As4()
-		for i := 0; i < 4; i++ {
-			a[3] = byte(i * 64)
-			cands = append(cands, netip.PrefixFrom(netip.AddrFrom4(a), 26))
+		step := 1 << (32 - bits)
+		for off := 0; off < 256; off += step {
+			a[3] = byte(off)
+			cands = append(cands, netip.PrefixFrom(netip.AddrFrom4(a), bits))
 		}
 	}
 	used := usedPrefixes()
+next:
 	for _, p := range cands {
 		if overlapsAny(p, used) {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(os.TempDir(), "pull-agent-testlan-"+strings.ReplaceAll(p.String(), "/", "_")+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-		if err != nil {
-			continue
+		var held []*os.File
+		release := func() {
+			for _, f := range held {
+				f.Close()
+			}
 		}
-		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-			f.Close()
-			continue
+		a := p.Addr().As4()
+		for off := 0; off < 1<<(32-bits); off += 64 {
+			q := a
+			q[3] += byte(off)
+			quarter := netip.PrefixFrom(netip.AddrFrom4(q), 26)
+			f, err := os.OpenFile(filepath.Join(os.TempDir(), "pull-agent-testlan-"+strings.ReplaceAll(quarter.String(), "/", "_")+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+			if err != nil {
+				release()
+				continue next
+			}
+			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+				f.Close()
+				release()
+				continue next
+			}
+			held = append(held, f)
 		}
-		t.Cleanup(func() { f.Close() })
+		t.Cleanup(release)
 		return p
 	}
-	t.Fatal("no free test subnet: every /26 of the documentation ranges is in use")
+	t.Fatalf("no free test subnet: every /%d of the documentation ranges is in use", bits)
 	return netip.Prefix{}
 }
 
