@@ -18,7 +18,7 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 	// with the fleet defaults later (validate), after fleet.yaml is read.
 	h.Network = Network{}
 	var seenNames = map[string]int{}
-	hasDeckies := false
+	var deckiesKey *yaml.Node
 	w.fields(root, "", nil, map[string]func(pair){
 		"host_uuid": func(p pair) { h.HostUUID, _ = w.str(p.v, p.field) },
 		"prune":     func(p pair) { w.prune(p, &h.Prune) },
@@ -42,7 +42,7 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 			}
 		},
 		"deckies": func(p pair) {
-			hasDeckies = true
+			deckiesKey = p.k
 			w.list(p.v, p.field, func(_ int, item *yaml.Node, f string) {
 				d := w.decky(item, f)
 				if d == nil {
@@ -60,10 +60,10 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 	switch {
 	case w.budget.exhausted():
 	case h.Decommission && len(h.Deckies) > 0:
-		w.fail(h.Deckies[0].Pos.node(), "deckies", "a host with decommission: true runs no deckies; remove them (or the decommission)")
+		w.fail(deckiesKey, "deckies", "a host with decommission: true runs no deckies; remove them (or the decommission)")
 	case h.Decommission && h.Suspend:
 		w.fail(h.SuspendPos.node(), "suspend", "decommission: true and suspend: true contradict each other; keep one")
-	case !hasDeckies && !h.Decommission:
+	case deckiesKey == nil && !h.Decommission:
 		// Required, so that an empty or truncated host file is never read
 		// as "no deckies".
 		w.fail(w.deref(root), "deckies", "required key is missing (deckies: [] with prune: {max: all} removes every decky)")
