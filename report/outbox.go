@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -23,12 +24,19 @@ const DefaultMaxEvents = 100000
 var ErrOutboxFull = errors.New("report outbox is full")
 
 // Outbox is a durable FIFO of events in a directory: one JSON file per
-// event named by its zero-padded sequence number, plus the latest heartbeat.
-// Writes are atomic (temp file, fsync, rename, directory fsync), so a crash
-// leaves every event either fully present or absent.
+// event named by its zero-padded sequence number, plus the latest heartbeat
+// and the sender's delivery status. Writes are atomic (temp file, fsync,
+// rename, directory fsync), so a crash leaves every event either fully
+// present or absent.
+//
+// Every method is safe for concurrent use: a /healthz or metrics goroutine
+// may call Depth, Rejected or Delivery while a pass adds and sends events.
 type Outbox struct {
-	dir       string
-	host      string
+	dir  string
+	host string
+	log  *slog.Logger
+	// MaxEvents bounds the queue (0: unbounded). Set it before the outbox
+	// is shared; OutboxOptions.MaxEvents is the race-free way.
 	MaxEvents int
 
 	mu   stdsync.Mutex
@@ -38,16 +46,57 @@ type Outbox struct {
 const (
 	seqFile       = "seq"
 	heartbeatFile = "heartbeat.json"
+	deliveryFile  = "delivery.json"
 	rejectedDir   = "rejected"
 	eventSuffix   = ".json"
+	reasonSuffix  = ".reason"
+	tmpPrefix     = ".tmp-" // internal/atomicfile's temporary files
 )
 
-// OpenOutbox opens (creating) the outbox in dir for host.
+// OutboxOptions configure OpenOutboxWith. The zero value is a reader's
+// open: nothing is removed, nothing is logged.
+type OutboxOptions struct {
+	// Log receives what the outbox does on its own: leftovers removed at
+	// open, corrupt event files set aside. Nil discards.
+	Log *slog.Logger
+	// MaxEvents bounds the queue; 0 means DefaultMaxEvents, negative
+	// means unbounded.
+	MaxEvents int
+	// Owner says the caller is the one writer of this outbox (it holds the
+	// state directory's lock): temporary files left by a crash (.tmp-*) are
+	// removed at open. Leave it false in readers such as `status`, which
+	// run beside a daemon whose writes in progress use such files.
+	Owner bool
+}
+
+// OpenOutbox opens (creating) the outbox in dir for host, as a reader that
+// may also write: it removes no leftovers and logs nothing. The agent that
+// owns the outbox uses OpenOutboxWith with Owner set.
 func OpenOutbox(dir, host string) (*Outbox, error) {
+	return OpenOutboxWith(dir, host, OutboxOptions{})
+}
+
+// OpenOutboxWith opens (creating) the outbox in dir for host.
+func OpenOutboxWith(dir, host string, opt OutboxOptions) (*Outbox, error) {
 	if err := os.MkdirAll(filepath.Join(dir, rejectedDir), 0o700); err != nil {
 		return nil, err
 	}
-	o := &Outbox{dir: dir, host: host, MaxEvents: DefaultMaxEvents}
+	log := opt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	o := &Outbox{dir: dir, host: host, log: log.With("component", "outbox"), MaxEvents: DefaultMaxEvents}
+	switch {
+	case opt.MaxEvents > 0:
+		o.MaxEvents = opt.MaxEvents
+	case opt.MaxEvents < 0:
+		o.MaxEvents = 0
+	}
+	if opt.Owner {
+		if err := o.removeLeftovers(); err != nil {
+			return nil, err
+		}
+	}
 	// The next number is above both the stored counter and every event on
 	// disk: an event file written just before a crash that lost the counter
 	// update is never renumbered, so the master sees no duplicate and no gap.
@@ -63,6 +112,36 @@ func OpenOutbox(dir, host string) (*Outbox, error) {
 	}
 	o.next = n + 1
 	return o, nil
+}
+
+// removeLeftovers deletes the temporary files of atomic writes that a crash
+// interrupted. They are never part of the outbox: a write becomes visible
+// only by its rename, so such a file is the half of a write that did not
+// happen (the caller of that write never got a success).
+func (o *Outbox) removeLeftovers() error {
+	for _, d := range []string{o.dir, filepath.Join(o.dir, rejectedDir)} {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return err
+		}
+		removed := 0
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), tmpPrefix) || !e.Type().IsRegular() {
+				continue
+			}
+			if err := os.Remove(filepath.Join(d, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("failed to remove a crash leftover in the outbox: %w", err)
+			}
+			o.log.Info("removed an interrupted write left by a crash", "file", filepath.Join(d, e.Name()))
+			removed++
+		}
+		if removed > 0 {
+			if err := atomicfile.SyncDir(d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func readUint(path string) (uint64, error) {
@@ -81,7 +160,7 @@ func listSeqs(dir string) ([]uint64, error) {
 	var out []uint64
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasSuffix(name, eventSuffix) || name == heartbeatFile {
+		if !strings.HasSuffix(name, eventSuffix) || name == heartbeatFile || name == deliveryFile {
 			continue
 		}
 		if n, err := strconv.ParseUint(strings.TrimSuffix(name, eventSuffix), 10, 64); err == nil {
@@ -94,8 +173,9 @@ func listSeqs(dir string) ([]uint64, error) {
 
 func eventName(seq uint64) string { return fmt.Sprintf("%020d%s", seq, eventSuffix) }
 
-// Add assigns the event its ID and sequence number and stores it durably;
-// only then may anything try to send it. When the outbox already holds
+// Add assigns the event its ID and sequence number, caps its text fields
+// (Event.Capped) and stores it durably; only then may anything try to send
+// it. The stored event is returned. When the outbox already holds
 // MaxEvents events, Add refuses with ErrOutboxFull rather than dropping an
 // older event: lifecycle history is never lost silently, and the caller
 // logs the refusal (the decky's state still reaches the master through the
@@ -117,6 +197,7 @@ func (o *Outbox) Add(e Event) (Event, error) {
 	if e.EventID == "" {
 		e.EventID = newID()
 	}
+	e = e.Capped()
 	data, err := json.Marshal(e)
 	if err != nil {
 		return e, err
@@ -140,27 +221,35 @@ func newID() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// Pending returns up to max stored events in sequence order (all if max<=0).
-func (o *Outbox) Pending(max int) ([]Event, error) {
+// Pending returns up to limit stored events in sequence order (all if
+// limit<=0). A file that cannot be decoded can never be sent: it is moved to
+// rejected/ with a reason file beside it, and logged with its name.
+func (o *Outbox) Pending(limit int) ([]Event, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	seqs, err := listSeqs(o.dir)
 	if err != nil {
 		return nil, err
 	}
-	if max > 0 && len(seqs) > max {
-		seqs = seqs[:max]
-	}
-	out := make([]Event, 0, len(seqs))
+	out := []Event{} // "lifecycle": [], never null, on the wire
 	for _, s := range seqs {
-		data, err := os.ReadFile(filepath.Join(o.dir, eventName(s)))
+		if limit > 0 && len(out) == limit {
+			break
+		}
+		path := filepath.Join(o.dir, eventName(s))
+		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, err
 		}
 		var e Event
-		if err := json.Unmarshal(data, &e); err != nil {
-			// A file that cannot be decoded can never be sent: set it aside.
-			_ = os.Rename(filepath.Join(o.dir, eventName(s)), filepath.Join(o.dir, rejectedDir, eventName(s)))
+		if err := json.Unmarshal(data, &e); err != nil || e.Seq != s {
+			if err == nil {
+				err = fmt.Errorf("file holds seq %d", e.Seq)
+			}
+			o.log.Error("corrupt outbox event set aside in rejected/", "file", path, "seq", s, "err", err)
+			if err := o.setAsideLocked(s, "corrupt outbox file: "+err.Error()); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		out = append(out, e)
@@ -168,14 +257,20 @@ func (o *Outbox) Pending(max int) ([]Event, error) {
 	return out, nil
 }
 
-// Depth returns how many events wait to be sent.
+// Depth returns how many events wait to be sent (0 when the directory
+// cannot be read).
 func (o *Outbox) Depth() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	seqs, _ := listSeqs(o.dir)
 	return len(seqs)
 }
 
-// Rejected returns how many events the master refused.
+// Rejected returns how many events are set aside in rejected/: refused one
+// by one by the master's per-event verdict, or unreadable on disk.
 func (o *Outbox) Rejected() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	seqs, _ := listSeqs(filepath.Join(o.dir, rejectedDir))
 	return len(seqs)
 }
@@ -192,14 +287,43 @@ func (o *Outbox) Ack(events []Event) error {
 	return atomicfile.SyncDir(o.dir)
 }
 
-// Reject moves events the master refused out of the queue, keeping them.
+// Reject moves events out of the queue into rejected/, keeping them.
+//
+// Deprecated: use SetAside, which records why; the sender sets aside only
+// the events a per-event verdict of the master names.
 func (o *Outbox) Reject(events []Event) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, e := range events {
-		if err := os.Rename(filepath.Join(o.dir, eventName(e.Seq)), filepath.Join(o.dir, rejectedDir, eventName(e.Seq))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := o.setAsideLocked(e.Seq, ""); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// SetAside moves one event out of the queue into rejected/ and writes
+// reason beside it (<seq>.reason), for an operator who wants to fix and
+// resend it (move the .json file back and restart the agent).
+func (o *Outbox) SetAside(e Event, reason string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.setAsideLocked(e.Seq, reason)
+}
+
+func (o *Outbox) setAsideLocked(seq uint64, reason string) error {
+	rej := filepath.Join(o.dir, rejectedDir)
+	if reason != "" {
+		name := strings.TrimSuffix(eventName(seq), eventSuffix) + reasonSuffix
+		if err := atomicfile.Write(filepath.Join(rej, name), []byte(reason+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(filepath.Join(o.dir, eventName(seq)), filepath.Join(rej, eventName(seq))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := atomicfile.SyncDir(rej); err != nil {
+		return err
 	}
 	return atomicfile.SyncDir(o.dir)
 }
@@ -221,4 +345,24 @@ func (o *Outbox) Heartbeat() (Heartbeat, bool) {
 		return h, false
 	}
 	return h, true
+}
+
+// SetDelivery stores the sender's delivery status, for the status command
+// (another process) and for the next run of the agent.
+func (o *Outbox) SetDelivery(d DeliveryStatus) error {
+	data, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(o.dir, deliveryFile), data, 0o600)
+}
+
+// Delivery returns the stored delivery status, if any.
+func (o *Outbox) Delivery() (DeliveryStatus, bool) {
+	var d DeliveryStatus
+	data, err := os.ReadFile(filepath.Join(o.dir, deliveryFile))
+	if err != nil || json.Unmarshal(data, &d) != nil {
+		return d, false
+	}
+	return d, true
 }

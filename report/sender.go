@@ -14,49 +14,113 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	stdsync "sync"
 	"time"
-
-	"github.com/hashicorp/go-retryablehttp"
+	"unicode"
 )
 
 // HeartbeatPath is DECNET's heartbeat endpoint, which also takes
 // lifecycle deltas.
 const HeartbeatPath = "/swarm/heartbeat"
 
+const (
+	// DefaultBatchSize is the number of events per request.
+	DefaultBatchSize = 100
+	// DefaultMaxBodyBytes is the reference master's body limit; the sender
+	// splits a batch whose body would exceed it before posting.
+	DefaultMaxBodyBytes = 4 << 20
+	// maxAnswerBytes bounds how much of an answer is read (a verdict for
+	// a whole batch fits easily).
+	maxAnswerBytes = 256 << 10
+	// maxAnswerText bounds the part of an answer kept in errors and logs.
+	maxAnswerText = 512
+)
+
 // SenderOptions configure delivery. Zero fields take the defaults.
 type SenderOptions struct {
 	Master         string        // base URL of the master, e.g. https://master:8770
 	RequestTimeout time.Duration // one HTTP request; default 10s
-	RetryMax       int           // retries per flush before giving up until the next one; default 5
-	RetryWaitMin   time.Duration // first backoff; default 500ms
-	RetryWaitMax   time.Duration // backoff cap; default 30s
-	BatchSize      int           // events per request; default 100
+	// RetryMax is the number of retries per flush after a failed attempt
+	// before leaving the events queued for the next flush; default 5,
+	// negative for none.
+	RetryMax     int
+	RetryWaitMin time.Duration // first backoff; default 500ms
+	RetryWaitMax time.Duration // backoff cap; default 30s
+	BatchSize    int           // events per request; default DefaultBatchSize
+	// MaxBodyBytes is the largest body the sender posts when it can help
+	// it: a larger batch is split first. Default DefaultMaxBodyBytes.
+	MaxBodyBytes int
 
 	CAFile        string // PEM roots for an https master (default: system roots)
 	CertFile      string // client certificate for mTLS
 	KeyFile       string
 	PinSHA256     string // hex SHA-256 of the master's leaf certificate (DER)
-	TokenFile     string // bearer token, read per request, never logged
+	TokenFile     string // bearer token, read per attempt, never logged
 	AllowInsecure bool   // permit a plain-http master (loopback demos and tests)
 }
 
-// Sender posts the outbox to the master.
+// Sender posts the outbox to the master. Flush may be called from several
+// goroutines (one runs at a time); Status is safe to call at any moment.
 type Sender struct {
 	opt    SenderOptions
 	box    *Outbox
 	log    *slog.Logger
-	client *retryablehttp.Client
+	client *http.Client
 	url    string
+
+	// Injected for tests, so they assert on the waits the sender chose
+	// instead of timing them.
+	sleep   func(ctx context.Context, d time.Duration) error
+	backoff func(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration
+	now     func() time.Time
+
+	flushMu stdsync.Mutex // one Flush at a time keeps the wire in seq order
+	mu      stdsync.Mutex // guards st
+	st      DeliveryStatus
 }
 
-// ErrRejected marks a batch the master refused with a 4xx other than
-// 408/429: resending the same bytes cannot succeed.
-var ErrRejected = errors.New("master rejected the report")
+var (
+	// ErrAuth marks an answer that refuses the agent's credentials (401,
+	// 403, or 407 from a proxy), or credentials the agent cannot read.
+	// Events stay queued; retrying after the credentials are fixed
+	// delivers them.
+	ErrAuth = errors.New("credentials refused or missing")
+	// ErrEventTooLarge marks a single event the master refuses as too
+	// large (413) even alone. It stays queued and blocks the queue until
+	// the master's limit is raised: it is never dropped silently.
+	ErrEventTooLarge = errors.New("event too large for the master")
+)
 
-// NewSender returns a Sender for box.
+// HTTPError is an answer other than 2xx from the master, or from a proxy on
+// the way. errors.Is(err, ErrAuth) holds for 401, 403 and 407.
+type HTTPError struct {
+	StatusCode int
+	Status     string // e.g. "401 Unauthorized"
+	Body       string // the start of the answer, on one line
+}
+
+func (e *HTTPError) Error() string {
+	if e.Body == "" {
+		return "master answered " + e.Status
+	}
+	return "master answered " + e.Status + ": " + e.Body
+}
+
+// Is makes errors.Is(err, ErrAuth) true for credential refusals.
+func (e *HTTPError) Is(target error) bool {
+	return target == ErrAuth && isAuthStatus(e.StatusCode)
+}
+
+func isAuthStatus(code int) bool {
+	return code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusProxyAuthRequired
+}
+
+// NewSender returns a Sender for box. It starts from the delivery status
+// stored in box, so counters and the last success survive a restart.
 func NewSender(box *Outbox, opt SenderOptions, log *slog.Logger) (*Sender, error) {
 	if opt.Master == "" {
 		return nil, errors.New("no master URL")
@@ -73,36 +137,47 @@ func NewSender(box *Outbox, opt SenderOptions, log *slog.Logger) (*Sender, error
 	if opt.RetryWaitMax == 0 {
 		opt.RetryWaitMax = 30 * time.Second
 	}
-	if opt.BatchSize == 0 {
-		opt.BatchSize = 100
+	if opt.BatchSize <= 0 {
+		opt.BatchSize = DefaultBatchSize
+	}
+	if opt.MaxBodyBytes <= 0 {
+		opt.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	base := strings.TrimRight(opt.Master, "/")
-	if strings.HasPrefix(base, "http://") && !opt.AllowInsecure {
-		return nil, fmt.Errorf("master URL %s is plain HTTP; use https, or --master-insecure for a loopback demo", base)
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("master URL %q is not an http(s) URL with a host", redact(base))
+	}
+	if u.Scheme == "http" && !opt.AllowInsecure {
+		return nil, fmt.Errorf("master URL %s is plain HTTP; use https, or --master-insecure for a loopback demo", u.Redacted())
 	}
 	tlsCfg, err := tlsConfig(opt)
 	if err != nil {
 		return nil, err
 	}
-	log = log.With("component", "report")
-	c := retryablehttp.NewClient()
-	c.HTTPClient = &http.Client{
-		Timeout:   opt.RequestTimeout,
-		Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: time.Minute},
+	s := &Sender{
+		opt: opt, box: box, log: log.With("component", "report"), url: base + HeartbeatPath,
+		client: &http.Client{
+			Timeout:   opt.RequestTimeout,
+			Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: time.Minute},
+			// A redirect is no delivery: following it would turn the POST
+			// into a GET whose 200 would acknowledge events nobody stored,
+			// or carry the token to another host.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		sleep: sleepCtx, backoff: Backoff, now: time.Now,
 	}
-	c.RetryMax = opt.RetryMax
-	c.RetryWaitMin = opt.RetryWaitMin
-	c.RetryWaitMax = opt.RetryWaitMax
-	c.Backoff = Backoff
-	c.CheckRetry = checkRetry
-	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
-	c.Logger = nil
-	c.RequestLogHook = func(_ retryablehttp.Logger, r *http.Request, attempt int) {
-		if attempt > 0 {
-			log.Debug("retrying report", "attempt", attempt, "url", r.URL.Redacted())
-		}
+	if d, ok := box.Delivery(); ok {
+		s.st = d
 	}
-	return &Sender{opt: opt, box: box, log: log, client: c, url: base + HeartbeatPath}, nil
+	return s, nil
+}
+
+func redact(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable URL)"
 }
 
 func tlsConfig(opt SenderOptions) (*tls.Config, error) {
@@ -143,28 +218,13 @@ func tlsConfig(opt SenderOptions) (*tls.Config, error) {
 
 var errPin = errors.New("certificate pin mismatch")
 
-// checkRetry retries connection errors, 5xx, 408 and 429; never other 4xx,
-// and never a certificate the agent does not trust: retrying cannot fix it.
-func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil {
-		return false, ctx.Err()
-	}
-	if err != nil {
-		var cv *tls.CertificateVerificationError
-		var ua x509.UnknownAuthorityError
-		var he x509.HostnameError
-		if errors.Is(err, errPin) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) {
-			return false, err
-		}
-		return true, nil
-	}
-	switch {
-	case resp.StatusCode == http.StatusRequestTimeout, resp.StatusCode == http.StatusTooManyRequests:
-		return true, nil
-	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
-		return true, nil
-	}
-	return false, nil
+// untrusted says whether a transport error is the agent refusing the
+// master's certificate: retrying within a flush cannot fix it.
+func untrusted(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	return errors.Is(err, errPin) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he)
 }
 
 // Backoff is capped exponential backoff with full jitter; a Retry-After
@@ -202,83 +262,286 @@ func retryAfter(v string) (time.Duration, bool) {
 	return 0, false
 }
 
-// Flush sends pending events in order, in batches, each with the
-// heartbeat hb; with no events pending it sends the heartbeat alone. It
-// stops at the first batch that cannot be delivered (the events stay
-// queued) and returns how many events were acknowledged.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Status returns the sender's delivery status. Safe for concurrent use.
+func (s *Sender) Status() DeliveryStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
+}
+
+// Flush sends pending events in seq order, in batches, each with the
+// heartbeat hb (its text fields capped, Delivery filled in); with no events
+// pending it sends the heartbeat alone. It returns how many events the
+// master acknowledged. Events leave the outbox only on a 2xx answer, or
+// one by one when a per-event verdict (422 with a Refusal body) names
+// them. A 413 halves the batch until it fits. Any other failure leaves
+// every event queued, in order; Flush retries it with capped exponential
+// backoff (at most RetryMax times, never waiting past ctx's deadline), then
+// returns the error: the next Flush starts again with the oldest event.
 func (s *Sender) Flush(ctx context.Context, hb Heartbeat) (int, error) {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	defer func() {
+		// For the status command and the next run; losing it costs only
+		// that view.
+		if err := s.box.SetDelivery(s.Status()); err != nil {
+			s.log.DebugContext(ctx, "cannot store the delivery status", "err", err)
+		}
+	}()
+	hb = hb.Capped()
+	limit := s.opt.BatchSize
 	sent := 0
 	for {
-		events, err := s.box.Pending(s.opt.BatchSize)
+		events, err := s.box.Pending(limit)
 		if err != nil {
 			return sent, err
 		}
 		if len(events) == 0 && sent > 0 {
-			return sent, nil
+			return sent, nil // the heartbeat went with the last batch
+		}
+		for i := range events {
+			events[i] = events[i].Capped() // stored by an older version
 		}
 		hb.OutboxDepth = s.box.Depth() - len(events)
 		hb.OutboxRejects = s.box.Rejected()
-		err = s.post(ctx, Body{Heartbeat: hb, Lifecycle: events})
-		switch {
-		case errors.Is(err, ErrRejected):
-			s.log.ErrorContext(ctx, "master rejected a report batch; set aside", "events", len(events), "first_seq", firstSeq(events), "err", err)
-			if rerr := s.box.Reject(events); rerr != nil {
-				return sent, rerr
-			}
-			if len(events) == 0 {
+		st := s.Status()
+		hb.Delivery = &st
+		data, err := json.Marshal(Body{Heartbeat: hb, Lifecycle: events})
+		if err != nil {
+			return sent, err
+		}
+		if len(data) > s.opt.MaxBodyBytes && len(events) > 1 {
+			limit = len(events) / 2
+			continue
+		}
+		r := s.post(ctx, data, events, hb.AgentVersion)
+		switch r.kind {
+		case delivered:
+			if err := s.box.Ack(events); err != nil {
 				return sent, err
 			}
-			continue
-		case err != nil:
+			sent += len(events)
+			s.mu.Lock()
+			s.st.Delivered += uint64(len(events))
+			if s.st.StuckSeq != 0 && len(events) > 0 && events[0].Seq >= s.st.StuckSeq {
+				s.st.StuckSeq = 0
+			}
+			s.mu.Unlock()
+			if len(events) == 0 {
+				return sent, nil
+			}
+		case verdict:
+			for _, rj := range r.rejected {
+				s.log.ErrorContext(ctx, "the master refused one malformed event; set aside in rejected/",
+					"seq", rj.event.Seq, "event_id", rj.event.EventID, "decky", rj.event.DeckyName, "field", rj.Field, "reason", rj.Reason)
+				reason := rj.Reason
+				if rj.Field != "" {
+					reason = rj.Field + ": " + reason
+				}
+				if err := s.box.SetAside(rj.event, fmt.Sprintf("master answered %d: %s", RefusalStatus, reason)); err != nil {
+					return sent, err
+				}
+				s.mu.Lock()
+				s.st.SetAside++
+				s.mu.Unlock()
+			}
+			// The rest of the batch goes again, in order, at once.
+		case tooLarge:
+			if len(events) > 1 {
+				s.log.WarnContext(ctx, "the master refused a batch as too large; splitting it", "events", len(events), "bytes", len(data))
+				limit = len(events) / 2
+				continue
+			}
+			if len(events) == 0 {
+				return sent, fmt.Errorf("the heartbeat alone (%d bytes) is too large for the master: %w", len(data), r.err)
+			}
+			e := events[0]
+			err := fmt.Errorf("%w: seq %d (decky %s, %d bytes with the heartbeat) stays queued until the master takes it: %w",
+				ErrEventTooLarge, e.Seq, e.DeckyName, len(data), r.err)
+			s.mu.Lock()
+			s.st.StuckSeq, s.st.LastError = e.Seq, err.Error()
+			s.mu.Unlock()
+			s.log.ErrorContext(ctx, "the master refuses one event as too large even alone; it stays queued", "seq", e.Seq, "event_id", e.EventID, "bytes", len(data))
 			return sent, err
-		}
-		if err := s.box.Ack(events); err != nil {
-			return sent, err
-		}
-		sent += len(events)
-		if len(events) == 0 {
-			return sent, nil
+		default:
+			switch {
+			case errors.Is(r.err, ErrAuth):
+				s.log.ErrorContext(ctx, "the master refuses the agent's credentials; events stay queued", "pending", s.box.Depth(), "err", r.err)
+			case r.status/100 == 4:
+				s.log.WarnContext(ctx, "the master answered without a per-event verdict; events stay queued", "pending", s.box.Depth(), "err", r.err)
+			}
+			return sent, r.err
 		}
 	}
 }
 
-func firstSeq(es []Event) uint64 {
-	if len(es) == 0 {
-		return 0
-	}
-	return es[0].Seq
+type outcome int
+
+const (
+	delivered outcome = iota // 2xx
+	retryable                // no verdict: keep everything queued, try again
+	stop                     // retrying within this flush cannot help
+	tooLarge                 // 413
+	verdict                  // per-event Refusal matching the batch
+)
+
+type rejection struct {
+	RejectedEvent
+	event Event
 }
 
-func (s *Sender) post(ctx context.Context, body Body) error {
-	data, err := json.Marshal(body)
-	if err != nil {
-		return err
+type result struct {
+	kind     outcome
+	status   int // HTTP status, 0 without an answer
+	err      error
+	rejected []rejection
+	resp     *http.Response // status and headers only, for Backoff
+}
+
+// post sends one body, retrying what may succeed later.
+func (s *Sender) post(ctx context.Context, data []byte, events []Event, version string) result {
+	for attempt := 0; ; attempt++ {
+		r := s.attempt(ctx, data, events, version)
+		s.record(r)
+		if r.kind != retryable || attempt >= s.opt.RetryMax {
+			return r
+		}
+		d := s.backoff(s.opt.RetryWaitMin, s.opt.RetryWaitMax, attempt, r.resp)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+			// Waiting past the deadline only to give up: leave it to the
+			// next flush.
+			return r
+		}
+		if err := s.sleep(ctx, d); err != nil {
+			return r
+		}
+		s.log.DebugContext(ctx, "retrying report", "attempt", attempt+1, "after", d, "err", r.err)
 	}
-	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(data))
+}
+
+func (s *Sender) attempt(ctx context.Context, data []byte, events []Event, version string) result {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(data))
 	if err != nil {
-		return err
+		return result{kind: stop, err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "pull-agent/"+body.AgentVersion)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "pull-agent/"+version)
 	if s.opt.TokenFile != "" {
+		// Read at every attempt: a rotated token is used at once.
 		tok, err := os.ReadFile(s.opt.TokenFile)
 		if err != nil {
-			return fmt.Errorf("master token file: %w", err)
+			return result{kind: stop, err: fmt.Errorf("%w: master token file: %w", ErrAuth, err)}
 		}
 		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("report to %s: %w", s.opt.Master, err)
+		err = fmt.Errorf("report to %s: %w", redact(s.opt.Master), err)
+		if ctx.Err() != nil || untrusted(err) {
+			return result{kind: stop, err: err}
+		}
+		return result{kind: retryable, err: err}
 	}
 	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
+	r := result{status: resp.StatusCode, resp: &http.Response{StatusCode: resp.StatusCode, Header: resp.Header}}
+	herr := &HTTPError{StatusCode: resp.StatusCode, Status: resp.Status, Body: oneLine(answer)}
 	switch {
 	case resp.StatusCode/100 == 2:
-		return nil
-	case resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusRequestTimeout && resp.StatusCode != http.StatusTooManyRequests:
-		return fmt.Errorf("%w: %s: %s", ErrRejected, resp.Status, strings.TrimSpace(string(msg)))
+		r.kind = delivered
+	case resp.StatusCode == http.StatusRequestEntityTooLarge:
+		r.kind, r.err = tooLarge, herr
+	case resp.StatusCode == RefusalStatus || resp.StatusCode == http.StatusBadRequest:
+		if rj, ok := matchRefusal(answer, events); ok {
+			r.kind, r.rejected = verdict, rj
+			return r
+		}
+		r.kind, r.err = retryable, herr
 	default:
-		return fmt.Errorf("report to %s: %s: %s", s.opt.Master, resp.Status, strings.TrimSpace(string(msg)))
+		// 401, 403, 404, 407, any other 4xx without a verdict, 3xx, 5xx:
+		// nothing proves an event is at fault, so every event stays.
+		r.kind, r.err = retryable, herr
 	}
+	return r
+}
+
+// matchRefusal decodes a per-event verdict and matches it against the
+// events posted. It is a verdict only if it names at least one event and
+// every event it names was in the body, by event_id and seq both: anything
+// else (an HTML error page, a proxy's JSON, a verdict about another body)
+// proves nothing about these events.
+func matchRefusal(answer []byte, events []Event) ([]rejection, bool) {
+	var ref Refusal
+	if err := json.Unmarshal(answer, &ref); err != nil || len(ref.Rejected) == 0 {
+		return nil, false
+	}
+	bySeq := make(map[uint64]Event, len(events))
+	for _, e := range events {
+		bySeq[e.Seq] = e
+	}
+	var out []rejection
+	seen := map[uint64]bool{}
+	for _, rj := range ref.Rejected {
+		e, ok := bySeq[rj.Seq]
+		if !ok || e.EventID != rj.EventID || rj.EventID == "" {
+			return nil, false
+		}
+		if seen[rj.Seq] {
+			continue
+		}
+		seen[rj.Seq] = true
+		rj.Reason = Truncate(oneLine([]byte(rj.Reason)), maxAnswerText)
+		rj.Field = Truncate(oneLine([]byte(rj.Field)), 128)
+		out = append(out, rejection{RejectedEvent: rj, event: e})
+	}
+	return out, true
+}
+
+// record updates the delivery status after one attempt.
+func (s *Sender) record(r result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	s.st.LastAttempt = now
+	s.st.LastHTTPStatus = r.status
+	switch r.kind {
+	case delivered:
+		s.st.LastSuccess = now
+		s.st.LastError = ""
+		s.st.ConsecutiveFailures = 0
+		s.st.AuthFailing = false
+	case verdict:
+		// The master read the body and judged its events: credentials and
+		// path are fine; the set-aside events are logged and counted.
+		s.st.LastError = fmt.Sprintf("master refused %d malformed event(s); set aside", len(r.rejected))
+		s.st.AuthFailing = false
+	default:
+		s.st.LastError = r.err.Error()
+		s.st.ConsecutiveFailures++
+		s.st.AuthFailing = errors.Is(r.err, ErrAuth)
+	}
+}
+
+// oneLine returns the start of an answer as one printable line, for errors
+// and logs.
+func oneLine(b []byte) string {
+	s := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(string(b), " "))
+	return Truncate(strings.Join(strings.Fields(s), " "), maxAnswerText)
 }

@@ -1,6 +1,10 @@
 package report
 
-import "time"
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+)
 
 // Event is one lifecycle result of one decky.
 type Event struct {
@@ -64,12 +68,84 @@ type Heartbeat struct {
 	PassError     string    `json:"pass_error,omitempty"`   // why the last pass could not run
 	OutboxDepth   int       `json:"outbox_depth"`           // events not yet acknowledged
 	OutboxRejects int       `json:"outbox_rejected"`        // events the master refused
-	Status        Status    `json:"status"`
-	GeneratedAt   time.Time `json:"generated_at,omitzero"`
+	// Verified names who signed the applied commit (the signer's key or
+	// identity as the trust policy printed it), or "none" when no trust
+	// policy is configured; empty when the agent does not say.
+	Verified string `json:"verified,omitempty"`
+	// Suspended is true while the agent deliberately applies nothing (an
+	// operator's suspension), so the master does not mistake a frozen
+	// host for a converged one.
+	Suspended bool `json:"suspended,omitempty"`
+	// Delivery summarises the sender's recent trouble reaching the master
+	// (filled in by [Sender.Flush]; the caller need not set it).
+	Delivery    *DeliveryStatus `json:"delivery,omitempty"`
+	Status      Status          `json:"status"`
+	GeneratedAt time.Time       `json:"generated_at,omitzero"`
 }
 
 // Body is one POST to the master: DECNET's HeartbeatRequest shape.
 type Body struct {
 	Heartbeat
 	Lifecycle []Event `json:"lifecycle"`
+}
+
+// DeliveryStatus is what the sender knows about reaching the master. It is
+// returned by [Sender.Status], stored in the outbox (delivery.json, read by
+// [Outbox.Delivery] for the status command) and sent in the heartbeat.
+type DeliveryStatus struct {
+	// LastAttempt is when the sender last posted (or tried to).
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	// LastSuccess is when the master last answered 2xx.
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	// LastHTTPStatus is the last answer's status code; 0 when the last
+	// attempt got no answer (connection refused, TLS, timeout).
+	LastHTTPStatus int `json:"last_http_status,omitempty"`
+	// LastError says why the last attempt failed; empty after a success.
+	LastError string `json:"last_error,omitempty"`
+	// ConsecutiveFailures counts attempts since the last 2xx answer.
+	ConsecutiveFailures int `json:"consecutive_failures"`
+	// AuthFailing is true while the last answer was 401, 403 or 407: the
+	// agent's credentials (token, client certificate, proxy account) are
+	// wrong or missing. Events stay queued until they are fixed.
+	AuthFailing bool `json:"auth_failing,omitempty"`
+	// Delivered and SetAside count events since this outbox was created:
+	// acknowledged by the master, and set aside on the master's per-event
+	// verdict.
+	Delivered uint64 `json:"delivered"`
+	SetAside  uint64 `json:"set_aside,omitempty"`
+	// StuckSeq is the sequence number of a single event the master refuses
+	// as too large (413) even alone; it stays queued, blocking those after
+	// it, until the master's limit is raised. 0 when none.
+	StuckSeq uint64 `json:"stuck_seq,omitempty"`
+}
+
+// Refusal is the master's per-event verdict: the JSON body of a 422
+// Unprocessable Entity answer (Content-Type application/json) saying which
+// events of the posted body are malformed. The master stores nothing of a
+// body it answers with a Refusal. The agent sets aside exactly the events
+// named here that were in the body it posted (matched by event_id and seq)
+// and resends the rest; see docs/report-protocol.md.
+type Refusal struct {
+	Error    string          `json:"error"`
+	Rejected []RejectedEvent `json:"rejected"`
+}
+
+// RejectedEvent names one malformed event and why it is refused.
+type RejectedEvent struct {
+	EventID string `json:"event_id"`
+	Seq     uint64 `json:"seq"`
+	Field   string `json:"field,omitempty"`
+	Reason  string `json:"reason"`
+}
+
+// RefusalStatus is the status code of a per-event verdict.
+const RefusalStatus = http.StatusUnprocessableEntity
+
+// WriteRefusal answers a report with the per-event verdict r: status 422
+// and r as JSON. For the master.
+func WriteRefusal(w http.ResponseWriter, r Refusal) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(RefusalStatus)
+	_ = json.NewEncoder(w).Encode(r)
 }
