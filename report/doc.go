@@ -1,25 +1,44 @@
 // Package report delivers the agent's lifecycle events and heartbeats to
-// the master, and never loses one on the way.
+// the master, and never loses one on the way, nor sets one aside that could
+// still be delivered.
 //
 // # Contract
 //
 // Every lifecycle event is written to a durable on-disk [Outbox] (atomic
-// file per event, fsynced) before any attempt to send it. Each event has a
-// unique ID (the master's idempotency key) and a per-host sequence number
-// that only grows. [Sender.Flush] drains the outbox in sequence order,
-// together with the latest heartbeat, and deletes events only after the
-// master answered 2xx. Network errors, 5xx, 408 and 429 are retried with
-// exponential backoff and jitter (Retry-After honoured); other 4xx answers
-// set the batch aside as rejected (kept on disk, counted, never resent
-// blindly) so one bad event cannot block the queue forever.
+// file per event, fsynced) before any attempt to send it, its text fields
+// capped ([Event.Capped]: [MaxErrorBytes] and friends) so that one event can
+// never exceed the master's body limit. Each event has a unique ID (the
+// master's idempotency key) and a per-host sequence number that only grows.
+// [Sender.Flush] drains the outbox in sequence order, together with the
+// latest heartbeat, and deletes events only after the master answered 2xx.
+//
+// What an answer other than 2xx does:
+//
+//   - 422 (or 400) whose JSON body is a [Refusal] naming events of the
+//     posted body by event_id and seq: exactly those events are set aside in
+//     rejected/ (kept, with a reason file, counted); the rest go again at
+//     once. This is the only way an event leaves the queue undelivered.
+//   - 413: the batch is halved until it fits. A single event refused even
+//     alone stays queued and is reported ([ErrEventTooLarge]).
+//   - anything else (network errors, 3xx, 401, 403, 404, 407, other 4xx,
+//     5xx): every event stays queued, in order, and the body is retried with
+//     capped exponential backoff and full jitter (Retry-After honoured);
+//     after RetryMax retries, or when the next wait would pass the flush's
+//     deadline, the next Flush starts over with the oldest event.
+//
+// [Sender.Status] (safe for concurrent use) says how delivery goes: last
+// error and HTTP status, consecutive failures, whether the credentials are
+// refused ([ErrAuth]), last success. It is also stored in the outbox for
+// the status command ([Outbox.Delivery]) and sent in the heartbeat.
 //
 // The wire shape keeps DECNET's heartbeat field names (host_uuid,
 // agent_version, status{deployed, deckies, runtime}, lifecycle[{decky_name,
 // operation, status, error, completed_at}]) with this agent's extra fields
-// beside them; docs/report-protocol.md describes it.
+// beside them; docs/report-protocol.md describes it and the verdict.
 //
 // # Boundaries
 //
 // report does not import apply, desired or Docker packages: callers hand it
-// plain [Event] and [Heartbeat] values.
+// plain [Event] and [Heartbeat] values. Its only I/O is the outbox
+// directory and HTTP(S) to the master.
 package report
