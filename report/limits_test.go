@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -54,7 +55,7 @@ func TestTruncate(t *testing.T) {
 // body stays far below DefaultMaxBodyBytes.
 func TestAddCapsEventText(t *testing.T) {
 	box, _ := newBox(t)
-	huge := strings.Repeat("\x01", 10<<20) // escapes to \u0001: six bytes each
+	huge := strings.Repeat("\x01", 1<<20) // escapes to \u0001: six bytes each
 	e, err := box.Add(Event{DeckyName: "d", Operation: "deploy", Status: "failed", Error: huge, Note: huge, Commit: huge})
 	if err != nil {
 		t.Fatal(err)
@@ -67,15 +68,17 @@ func TestAddCapsEventText(t *testing.T) {
 		t.Fatal("the stored event is not the capped one")
 	}
 	data, _ := json.Marshal(Body{Heartbeat: Heartbeat{Host: "worker-a"}, Lifecycle: p})
-	if len(data) > 128<<10 {
+	if len(data) > 80<<10 { // as documented
 		t.Fatalf("one event's body is %d bytes", len(data))
 	}
 	// A batch of the default size at its worst stays below the limit.
+	big := strings.Repeat("x", 64<<10)
+	worst := Event{EventID: big, Host: big, DeckyName: big, Operation: big, Status: big, Error: big, Commit: big, ConfigHash: big, Note: big}.Capped()
 	batch := make([]Event, DefaultBatchSize)
 	for i := range batch {
-		batch[i] = Event{Error: strings.Repeat("x", 1<<20), Note: strings.Repeat("y", 1<<20), DeckyName: strings.Repeat("z", 1<<20)}.Capped()
+		batch[i] = worst
 	}
-	if data, _ := json.Marshal(Body{Lifecycle: batch}); len(data) > DefaultMaxBodyBytes/2 {
+	if data, _ := json.Marshal(Body{Lifecycle: batch}); len(data) > 13<<20/10 { // 1.3 MiB, as documented
 		t.Fatalf("a full batch is %d bytes", len(data))
 	}
 }
@@ -121,5 +124,31 @@ func TestHeartbeatWireFields(t *testing.T) {
 	d, _ := full["delivery"].(map[string]any)
 	if d["auth_failing"] != true || d["last_http_status"] != float64(401) || d["consecutive_failures"] != float64(3) {
 		t.Errorf("delivery: %v", d)
+	}
+}
+
+func TestDeliveryStatusString(t *testing.T) {
+	at := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name string
+		d    DeliveryStatus
+		want []string
+	}{
+		{name: "never tried", d: DeliveryStatus{}, want: []string{"no attempt yet"}},
+		{name: "ok", d: DeliveryStatus{LastAttempt: at, LastSuccess: at}, want: []string{"ok", "last success 2026-11-29T10:00:00Z"}},
+		{name: "auth", d: DeliveryStatus{LastAttempt: at, AuthFailing: true, ConsecutiveFailures: 4, LastError: "master answered 401 Unauthorized"},
+			want: []string{"credentials refused (4 failed attempts)", "401"}},
+		{name: "down", d: DeliveryStatus{LastAttempt: at, ConsecutiveFailures: 2, LastError: "connection refused"}, want: []string{"failing (2 failed attempts): connection refused"}},
+		{name: "stuck", d: DeliveryStatus{LastAttempt: at, LastError: "too large", StuckSeq: 9}, want: []string{"event seq 9 too large"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.d.String()
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("%q lacks %q", got, w)
+				}
+			}
+		})
 	}
 }

@@ -675,3 +675,23 @@ func TestBackoffIsCappedJittered(t *testing.T) {
 		t.Errorf("Retry-After on 503 ignored: %s", d)
 	}
 }
+
+// Shutting down in the middle of a flush is not a delivery failure: the
+// events stay, and the status keeps what the master last said.
+func TestCancelledFlushIsNoFailure(t *testing.T) {
+	_, srv := newMaster(t, nil)
+	box, _ := newBox(t)
+	add(t, box, "a")
+	s, _ := newSender(t, box, srv.URL, SenderOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Flush(ctx, hb); !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+	if st := s.Status(); st.ConsecutiveFailures != 0 || st.LastError != "" || !st.LastAttempt.IsZero() {
+		t.Errorf("a cancelled flush was recorded as a failure: %+v", st)
+	}
+	if box.Depth() != 1 || box.Rejected() != 0 {
+		t.Fatalf("depth %d rejected %d", box.Depth(), box.Rejected())
+	}
+}

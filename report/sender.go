@@ -413,6 +413,11 @@ type result struct {
 func (s *Sender) post(ctx context.Context, data []byte, events []Event, version string) result {
 	for attempt := 0; ; attempt++ {
 		r := s.attempt(ctx, data, events, version)
+		if r.kind == stop && ctx.Err() != nil {
+			// Shutting down or out of time is no delivery failure: the
+			// status keeps what the master last said.
+			return r
+		}
 		s.record(r)
 		if r.kind != retryable || attempt >= s.opt.RetryMax {
 			return r

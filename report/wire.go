@@ -2,6 +2,7 @@ package report
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 )
@@ -117,6 +118,31 @@ type DeliveryStatus struct {
 	// as too large (413) even alone; it stays queued, blocking those after
 	// it, until the master's limit is raised. 0 when none.
 	StuckSeq uint64 `json:"stuck_seq,omitempty"`
+}
+
+// String is a one-line summary for the status command and logs: "ok", or
+// what is failing and since how many attempts.
+func (d DeliveryStatus) String() string {
+	var s string
+	switch {
+	case d.LastAttempt.IsZero():
+		s = "no attempt yet"
+	case d.ConsecutiveFailures == 0 && d.LastError == "":
+		s = "ok"
+	case d.AuthFailing:
+		s = fmt.Sprintf("credentials refused (%d failed attempts): %s", d.ConsecutiveFailures, d.LastError)
+	case d.ConsecutiveFailures > 0:
+		s = fmt.Sprintf("failing (%d failed attempts): %s", d.ConsecutiveFailures, d.LastError)
+	default:
+		s = d.LastError
+	}
+	if !d.LastSuccess.IsZero() {
+		s += "; last success " + d.LastSuccess.UTC().Format(time.RFC3339)
+	}
+	if d.StuckSeq != 0 {
+		s += fmt.Sprintf("; event seq %d too large for the master", d.StuckSeq)
+	}
+	return s
 }
 
 // Refusal is the master's per-event verdict: the JSON body of a 422
