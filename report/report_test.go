@@ -695,3 +695,30 @@ func TestCancelledFlushIsNoFailure(t *testing.T) {
 		t.Fatalf("depth %d rejected %d", box.Depth(), box.Rejected())
 	}
 }
+
+// When the last batch is refused entirely, the heartbeat still goes, with
+// the new count of set-aside events.
+func TestHeartbeatAfterALastBatchRefused(t *testing.T) {
+	m, srv := newMaster(t, func(_ int, b Body, _ *http.Request) func(http.ResponseWriter) {
+		for _, e := range b.Lifecycle {
+			if e.DeckyName == "Bad" {
+				return func(w http.ResponseWriter) {
+					WriteRefusal(w, Refusal{Error: "invalid", Rejected: []RejectedEvent{{EventID: e.EventID, Seq: e.Seq, Reason: "bad name"}}})
+				}
+			}
+		}
+		return nil
+	})
+	box, _ := newBox(t)
+	a, b := add(t, box, "a"), add(t, box, "b")
+	add(t, box, "Bad")
+	s, _ := newSender(t, box, srv.URL, SenderOptions{BatchSize: 2})
+	if n, err := s.Flush(context.Background(), hb); err != nil || n != 2 {
+		t.Fatalf("flush: %d %v", n, err)
+	}
+	checkDelivered(t, m, []Event{a, b})
+	last := m.bodies[len(m.bodies)-1]
+	if len(last.Lifecycle) != 0 || last.OutboxRejects != 1 || last.OutboxDepth != 0 {
+		t.Errorf("last body: %d events, rejected %d, depth %d", len(last.Lifecycle), last.OutboxRejects, last.OutboxDepth)
+	}
+}

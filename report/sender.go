@@ -302,12 +302,13 @@ func (s *Sender) Flush(ctx context.Context, hb Heartbeat) (int, error) {
 	hb = hb.Capped()
 	limit := s.opt.BatchSize
 	sent := 0
+	stale := false // events were set aside since the last heartbeat went
 	for {
 		events, err := s.box.Pending(limit)
 		if err != nil {
 			return sent, err
 		}
-		if len(events) == 0 && sent > 0 {
+		if len(events) == 0 && sent > 0 && !stale {
 			return sent, nil // the heartbeat went with the last batch
 		}
 		for i := range events {
@@ -332,6 +333,7 @@ func (s *Sender) Flush(ctx context.Context, hb Heartbeat) (int, error) {
 				return sent, err
 			}
 			sent += len(events)
+			stale = false
 			s.mu.Lock()
 			s.st.Delivered += uint64(len(events))
 			if s.st.StuckSeq != 0 && len(events) > 0 && events[0].Seq >= s.st.StuckSeq {
@@ -356,7 +358,9 @@ func (s *Sender) Flush(ctx context.Context, hb Heartbeat) (int, error) {
 				s.st.SetAside++
 				s.mu.Unlock()
 			}
-			// The rest of the batch goes again, in order, at once.
+			// The rest of the batch goes again, in order, at once; if
+			// nothing is left, the heartbeat goes alone with the new count.
+			stale = true
 		case tooLarge:
 			if len(events) > 1 {
 				s.log.WarnContext(ctx, "the master refused a batch as too large; splitting it", "events", len(events), "bytes", len(data))
