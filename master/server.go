@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
-	"regexp"
+	"net/url"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,16 +17,21 @@ import (
 	"github.com/decnet/pull-agent/report"
 )
 
-// MaxBodyBytes bounds one report body.
-const MaxBodyBytes = 4 << 20
-
-// Options configure the master's HTTP API.
+// Options configure the master's HTTP API. The zero value is the safe
+// one: every report needs a client certificate or an agent token for its
+// host, every read an operator token or a client certificate.
 type Options struct {
 	StaleAfter time.Duration // a host is stale past this since its last heartbeat; default 3m
-	// RequireClientCert makes the master refuse reports without a verified
-	// client certificate, and reports whose claimed host differs from the
-	// certificate's common name (set when TLS with client CAs is on).
+	// RequireClientCert refuses reports without a verified client
+	// certificate, even with a valid token.
 	RequireClientCert bool
+	// InsecureNoAuth accepts reports for any host and reads from anyone.
+	// Command allows it only on a loopback address.
+	InsecureNoAuth bool
+	// LoopbackReaders lets readers connecting from a loopback address read
+	// without a credential. Off behind a reverse proxy on the same machine,
+	// which makes every client look local.
+	LoopbackReaders bool
 }
 
 // Server is the master's HTTP handler.
@@ -44,90 +50,96 @@ func NewServer(store *Store, opt Options, log *slog.Logger) *Server {
 	}
 	s := &Server{store: store, opt: opt, log: log.With("component", "master"), now: time.Now, mux: http.NewServeMux()}
 	s.mux.HandleFunc("POST "+report.HeartbeatPath, s.heartbeat)
-	s.mux.HandleFunc("GET /api/v1/hosts", s.hosts)
-	s.mux.HandleFunc("GET /api/v1/deckies", s.deckies)
-	s.mux.HandleFunc("GET /api/v1/lifecycle", s.lifecycle)
+	s.mux.HandleFunc("GET /api/v1/hosts", s.reader(s.hosts))
+	s.mux.HandleFunc("GET /api/v1/deckies", s.reader(s.deckies))
+	s.mux.HandleFunc("GET /api/v1/lifecycle", s.reader(s.lifecycle))
+	s.mux.HandleFunc("GET /api/v1/conflicts", s.reader(s.conflicts))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
-	s.mux.HandleFunc("GET /{$}", s.page)
+	s.mux.HandleFunc("GET /{$}", s.reader(s.page))
 	return s
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-var (
-	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	idRE   = regexp.MustCompile(`^[A-Za-z0-9-]{8,64}$`)
-	ops    = map[string]bool{"deploy": true, "mutate": true, "teardown": true, "repair": true}
-	states = map[string]bool{"running": true, "succeeded": true, "failed": true, "quarantined": true}
-)
+// writeError answers with a JSON ErrorBody.
+func writeError(w http.ResponseWriter, code int, body ErrorBody) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pull-agent master"`)
+	}
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(body)
+}
 
-// validate checks a body completely before anything is written.
-func validate(b *report.Body) error {
-	if !nameRE.MatchString(b.Host) {
-		return fmt.Errorf("host %q is not a valid host name", b.Host)
-	}
-	for i, e := range b.Lifecycle {
-		switch {
-		case !idRE.MatchString(e.EventID):
-			return fmt.Errorf("lifecycle[%d]: event_id %q is invalid", i, e.EventID)
-		case e.Seq == 0:
-			return fmt.Errorf("lifecycle[%d]: seq must be positive", i)
-		case !nameRE.MatchString(e.DeckyName):
-			return fmt.Errorf("lifecycle[%d]: decky_name %q is invalid", i, e.DeckyName)
-		case !ops[e.Operation]:
-			return fmt.Errorf("lifecycle[%d]: operation %q is not deploy, mutate, teardown or repair", i, e.Operation)
-		case !states[e.Status]:
-			return fmt.Errorf("lifecycle[%d]: status %q is not running, succeeded, failed or quarantined", i, e.Status)
-		case e.Host != "" && e.Host != b.Host:
-			return fmt.Errorf("lifecycle[%d]: event of host %q in a report of host %q", i, e.Host, b.Host)
-		}
-	}
-	return nil
+func errorf(w http.ResponseWriter, code int, format string, args ...any) {
+	writeError(w, code, ErrorBody{Error: fmt.Sprintf(format, args...)})
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
-	identity := ""
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		identity = r.TLS.PeerCertificates[0].Subject.CommonName
-	}
-	if s.opt.RequireClientCert && identity == "" {
-		http.Error(w, "a client certificate is required", http.StatusUnauthorized)
+	cred, err := s.authenticate(r)
+	if err != nil {
+		s.refuse(w, r, err)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	dec := json.NewDecoder(r.Body)
-	var b report.Body
-	if err := dec.Decode(&b); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			http.Error(w, "report body too large", http.StatusRequestEntityTooLarge)
+	if !s.opt.InsecureNoAuth {
+		switch {
+		case s.opt.RequireClientCert && len(cred.certNames) == 0:
+			s.refuse(w, r, &authError{http.StatusUnauthorized, "a client certificate is required"})
+			return
+		case cred.token != nil && cred.token.Kind != AgentToken:
+			s.refuse(w, r, &authError{http.StatusForbidden, "an operator token cannot report; use the host's agent token"})
+			return
+		case cred.token == nil && len(cred.certNames) == 0:
+			s.refuse(w, r, &authError{http.StatusUnauthorized, "authentication required: a client certificate, or Authorization: Bearer <the host's agent token>"})
 			return
 		}
-		http.Error(w, "malformed report: "+err.Error(), http.StatusBadRequest)
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			errorf(w, http.StatusRequestEntityTooLarge, "report body over %d bytes: send fewer events per body", MaxBodyBytes)
+			return
+		}
+		errorf(w, http.StatusBadRequest, "failed to read the report: %v", err)
 		return
 	}
-	if b.Host == "" {
-		b.Host = b.HostUUID // a DECNET agent names itself by UUID only
-	}
-	if err := validate(&b); err != nil {
-		http.Error(w, "invalid report: "+err.Error(), http.StatusBadRequest)
+	b, rejected, err := decodeBody(data)
+	if err != nil {
+		errorf(w, http.StatusBadRequest, "invalid report: %v", err)
 		return
 	}
-	if s.opt.RequireClientCert && identity != b.Host {
-		s.log.Warn("report refused: claimed host does not match the client certificate", "claimed", b.Host, "certificate", identity)
-		http.Error(w, fmt.Sprintf("client certificate is for %q, not %q", identity, b.Host), http.StatusForbidden)
+	// Authorization needs the claimed host, so it comes after parsing but
+	// before anything about the events is told back.
+	if !s.opt.InsecureNoAuth {
+		if cred.token != nil && cred.token.Name != b.Host {
+			s.refuse(w, r, &authError{http.StatusForbidden, fmt.Sprintf("this token is for host %q, not %q", cred.token.Name, b.Host)})
+			return
+		}
+		if len(cred.certNames) > 0 && !cred.certFor(b.Host) {
+			s.refuse(w, r, &authError{http.StatusForbidden, fmt.Sprintf("client certificate is for %q, not %q", cred.certNames[0], b.Host)})
+			return
+		}
+	}
+	if len(rejected) > 0 {
+		s.log.Warn("report refused: malformed lifecycle events", "host", b.Host, "rejected", len(rejected), "first", rejected[0].Error)
+		writeError(w, http.StatusBadRequest, ErrorBody{
+			Error:    fmt.Sprintf("%d of the body's lifecycle events are malformed; nothing was recorded: set them aside and send the others again", len(rejected)),
+			Rejected: rejected,
+		})
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	added, err := s.store.Record(ctx, &b, identity, s.now())
+	rec, err := s.store.Record(ctx, b, cred.identity(), s.now())
 	if err != nil {
 		s.log.Error("failed to record report", "host", b.Host, "err", err)
-		http.Error(w, "failed to record the report", http.StatusInternalServerError)
+		errorf(w, http.StatusServiceUnavailable, "failed to record the report; send it again")
 		return
 	}
-	if added > 0 {
-		s.log.Info("recorded lifecycle events", "host", b.Host, "events", added)
+	if rec.Added > 0 {
+		s.log.Debug("recorded lifecycle events", "host", b.Host, "events", rec.Added)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -136,7 +148,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 // operators reading the API with curl.
 func writeTable(w http.ResponseWriter, header []string, rows [][]string, err error) {
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		writeQueryError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -153,9 +165,17 @@ func writeTable(w http.ResponseWriter, header []string, rows [][]string, err err
 
 func wantTable(r *http.Request) bool { return r.URL.Query().Get("format") == "table" }
 
+func writeQueryError(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrBadCursor) {
+		errorf(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	errorf(w, http.StatusInternalServerError, "query failed: %v", err)
+}
+
 func writeJSON(w http.ResponseWriter, v any, err error) {
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		writeQueryError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -164,13 +184,50 @@ func writeJSON(w http.ResponseWriter, v any, err error) {
 	_ = enc.Encode(v)
 }
 
+// setNext announces the following page in a Link header (RFC 8288) and in
+// X-Next-Cursor, keeping the body a plain JSON array.
+func setNext(w http.ResponseWriter, r *http.Request, param, next string) {
+	if next == "" {
+		return
+	}
+	q := r.URL.Query()
+	q.Set(param, next)
+	u := url.URL{Path: r.URL.Path, RawQuery: q.Encode()}
+	w.Header().Set("Link", "<"+u.String()+`>; rel="next"`)
+	w.Header().Set("X-Next-Cursor", next)
+}
+
+func queryLimit(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("limit must be a positive integer (at most %d)", MaxPageSize)
+	}
+	return n, nil
+}
+
 func (s *Server) hosts(w http.ResponseWriter, r *http.Request) {
-	rows, err := s.store.Hosts(r.Context(), s.now(), s.opt.StaleAfter)
+	limit, err := queryLimit(r)
+	if err != nil {
+		errorf(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	rows, next, err := s.store.HostsPage(r.Context(), s.now(), s.opt.StaleAfter, HostQuery{After: r.URL.Query().Get("after"), Limit: limit})
+	setNext(w, r, "after", next)
 	writeJSON(w, nonNil(rows), err)
 }
 
 func (s *Server) deckies(w http.ResponseWriter, r *http.Request) {
-	rows, err := s.store.Deckies(r.Context(), r.URL.Query().Get("host"))
+	limit, err := queryLimit(r)
+	if err != nil {
+		errorf(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	rows, next, err := s.store.DeckiesPage(r.Context(), DeckyQuery{Host: r.URL.Query().Get("host"), After: r.URL.Query().Get("after"), Limit: limit})
+	setNext(w, r, "after", next)
 	if wantTable(r) {
 		var t [][]string
 		for _, d := range rows {
@@ -184,24 +241,30 @@ func (s *Server) deckies(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) lifecycle(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := EventFilter{Host: q.Get("host"), Decky: q.Get("decky"), Status: q.Get("status")}
+	f := EventFilter{Host: q.Get("host"), Decky: q.Get("decky"), Status: q.Get("status"), After: q.Get("after")}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			http.Error(w, "since must be RFC 3339, e.g. 2026-11-27T10:00:00Z", http.StatusBadRequest)
+			errorf(w, http.StatusBadRequest, "since must be RFC 3339, e.g. 2026-11-27T10:00:00Z")
 			return
 		}
 		f.Since = t
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			http.Error(w, "limit must be a positive integer", http.StatusBadRequest)
-			return
-		}
-		f.Limit = n
+	switch q.Get("order") {
+	case "", "seq":
+	case "newest":
+		f.Order = NewestFirst
+	default:
+		errorf(w, http.StatusBadRequest, "order must be seq (by host, then seq) or newest (by completion time, across hosts)")
+		return
 	}
-	rows, err := s.store.Events(r.Context(), f)
+	var err error
+	if f.Limit, err = queryLimit(r); err != nil {
+		errorf(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	rows, next, err := s.store.EventsPage(r.Context(), f)
+	setNext(w, r, "after", next)
 	if wantTable(r) {
 		var t [][]string
 		for _, e := range rows {
@@ -210,6 +273,16 @@ func (s *Server) lifecycle(w http.ResponseWriter, r *http.Request) {
 		writeTable(w, []string{"HOST", "SEQ", "DECKY", "OPERATION", "STATUS", "COMMIT", "NOTE/ERROR"}, t, err)
 		return
 	}
+	writeJSON(w, nonNil(rows), err)
+}
+
+func (s *Server) conflicts(w http.ResponseWriter, r *http.Request) {
+	limit, err := queryLimit(r)
+	if err != nil {
+		errorf(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	rows, err := s.store.Conflicts(r.Context(), r.URL.Query().Get("host"), limit)
 	writeJSON(w, nonNil(rows), err)
 }
 

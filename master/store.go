@@ -1,157 +1,463 @@
 package master
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
+	stdsync "sync"
 	"time"
 
-	_ "modernc.org/sqlite" // pure-Go SQLite: no cgo, static binary
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL through pgx's database/sql driver
+	_ "modernc.org/sqlite"             // pure-Go SQLite: no cgo, static binary
 
 	"github.com/decnet/pull-agent/report"
 )
 
-// Store is the master's durable record.
+// ErrClosed is returned by Record after Close.
+var ErrClosed = errors.New("master store is closed")
+
+// Store is the master's durable record: SQLite (a file path) or
+// PostgreSQL (a postgres:// URL), with the same schema and semantics.
+//
+// Writes go through a small set of writer goroutines on their own
+// connections, which commit whatever bodies are waiting in one transaction
+// (group commit: one fsync for many reports). Reads use a separate pool,
+// so a slow reader never holds the connection a report needs.
 type Store struct {
-	db *sql.DB
+	w, r *sql.DB
+	pg   bool
+	log  *slog.Logger
+
+	jobs      chan *job
+	wg        stdsync.WaitGroup
+	closeOnce stdsync.Once
+	mu        stdsync.RWMutex // guards closed against sends on jobs
+	closed    bool
+
+	qcache stdsync.Map // query text with ? -> dialect text
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS hosts (
-	host            TEXT PRIMARY KEY,
-	host_uuid       TEXT NOT NULL DEFAULT '',
-	agent_version   TEXT NOT NULL DEFAULT '',
-	commit_sha      TEXT NOT NULL DEFAULT '',
-	remote          TEXT NOT NULL DEFAULT '',
-	last_heartbeat  TEXT NOT NULL,
-	last_fetch_ok   TEXT NOT NULL DEFAULT '',
-	last_apply      TEXT NOT NULL DEFAULT '',
-	pass_error      TEXT NOT NULL DEFAULT '',
-	outbox_depth    INTEGER NOT NULL DEFAULT 0,
-	outbox_rejected INTEGER NOT NULL DEFAULT 0,
-	identity        TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS events (
-	event_id     TEXT PRIMARY KEY,
-	host         TEXT NOT NULL,
-	seq          INTEGER NOT NULL,
-	decky        TEXT NOT NULL,
-	operation    TEXT NOT NULL,
-	status       TEXT NOT NULL,
-	error        TEXT NOT NULL DEFAULT '',
-	commit_sha   TEXT NOT NULL DEFAULT '',
-	config_hash  TEXT NOT NULL DEFAULT '',
-	note         TEXT NOT NULL DEFAULT '',
-	started_at   TEXT NOT NULL DEFAULT '',
-	completed_at TEXT NOT NULL DEFAULT '',
-	received_at  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_host_seq ON events(host, seq);
-CREATE INDEX IF NOT EXISTS events_decky ON events(decky);
-CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
-CREATE TABLE IF NOT EXISTS deckies (
-	host        TEXT NOT NULL,
-	decky       TEXT NOT NULL,
-	ip          TEXT NOT NULL DEFAULT '',
-	state       TEXT NOT NULL DEFAULT '',
-	running     INTEGER NOT NULL DEFAULT 0,
-	services    TEXT NOT NULL DEFAULT '',
-	config_hash TEXT NOT NULL DEFAULT '',
-	error       TEXT NOT NULL DEFAULT '',
-	updated_at  TEXT NOT NULL,
-	PRIMARY KEY (host, decky)
-);
-`
-
-// OpenStore opens (creating) the database at path.
-func OpenStore(ctx context.Context, path string) (*Store, error) {
-	// WAL keeps readers off the writer's back; busy_timeout serialises
-	// concurrent writers instead of failing them; synchronous=FULL makes a
-	// 2xx answer mean "on disk".
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, err
-	}
-	db.SetMaxOpenConns(1) // one writer; SQLite serialises anyway
-	if _, err := db.ExecContext(ctx, schema); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("failed to create schema in %s: %w", path, err)
-	}
-	return &Store{db: db}, nil
+// StoreOptions tune a Store; the zero value is the default.
+type StoreOptions struct {
+	// Writers is the number of writer goroutines (and write connections).
+	// Default 1 for SQLite (it has one writer anyway), 4 for PostgreSQL.
+	Writers int
+	// ReadConns bounds the read pool; default 4.
+	ReadConns int
+	// Log receives seq conflicts and migration notes; default discards.
+	Log *slog.Logger
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// OpenStore opens (creating and migrating) the store at dsn: a
+// postgres:// or postgresql:// URL, else a SQLite file path.
+func OpenStore(ctx context.Context, dsn string) (*Store, error) {
+	return OpenStoreWith(ctx, dsn, StoreOptions{})
+}
 
-func ts(t time.Time) string {
+// IsPostgres reports whether dsn names a PostgreSQL database.
+func IsPostgres(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// OpenStoreWith is OpenStore with options.
+func OpenStoreWith(ctx context.Context, dsn string, opt StoreOptions) (*Store, error) {
+	s := &Store{pg: IsPostgres(dsn), log: opt.Log}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if opt.ReadConns <= 0 {
+		opt.ReadConns = 4
+	}
+	var err error
+	if s.pg {
+		if opt.Writers <= 0 {
+			opt.Writers = 4
+		}
+		if s.w, err = sql.Open("pgx", dsn); err != nil {
+			return nil, err
+		}
+		// Writers plus one for retention and token changes.
+		s.w.SetMaxOpenConns(opt.Writers + 1)
+		if s.r, err = sql.Open("pgx", dsn); err != nil {
+			s.w.Close()
+			return nil, err
+		}
+	} else {
+		opt.Writers = 1 // SQLite serialises writers; more would only wait
+		// WAL keeps readers off the writer's back; busy_timeout serialises
+		// writers of other processes instead of failing them;
+		// synchronous=FULL makes a 2xx answer mean "on disk".
+		base := "file:" + dsn + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
+		if s.w, err = sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)"); err != nil {
+			return nil, err
+		}
+		s.w.SetMaxOpenConns(1)
+		if s.r, err = sql.Open("sqlite", base+"&_pragma=query_only(1)"); err != nil {
+			s.w.Close()
+			return nil, err
+		}
+	}
+	s.r.SetMaxOpenConns(opt.ReadConns)
+	s.r.SetMaxIdleConns(opt.ReadConns)
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.w.PingContext(pctx); err != nil {
+		s.closeDBs()
+		return nil, fmt.Errorf("failed to open the master database %s: %w", redactDSN(dsn), err)
+	}
+	if err := s.migrate(pctx); err != nil {
+		s.closeDBs()
+		return nil, fmt.Errorf("%s: %w", redactDSN(dsn), err)
+	}
+	s.jobs = make(chan *job, 1024)
+	for i := 0; i < opt.Writers; i++ {
+		s.wg.Add(1)
+		go s.writer()
+	}
+	return s, nil
+}
+
+// redactDSN drops a password from a postgres URL before it is shown.
+func redactDSN(dsn string) string {
+	if !IsPostgres(dsn) {
+		return dsn
+	}
+	scheme, rest, _ := strings.Cut(dsn, "://")
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		user, _, _ := strings.Cut(rest[:at], ":")
+		rest = user + ":xxxxx" + rest[at:]
+	}
+	if i := strings.Index(rest, "password="); i >= 0 {
+		rest = rest[:i] + "password=xxxxx"
+	}
+	return scheme + "://" + rest
+}
+
+func (s *Store) closeDBs() {
+	if s.w != nil {
+		s.w.Close()
+	}
+	if s.r != nil {
+		s.r.Close()
+	}
+}
+
+// Close waits for queued reports to be written, then closes the database.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		close(s.jobs)
+		s.mu.Unlock()
+		s.wg.Wait()
+		s.closeDBs()
+	})
+	return nil
+}
+
+// Postgres reports whether the store is PostgreSQL.
+func (s *Store) Postgres() bool { return s.pg }
+
+// q rewrites ? placeholders to $n for PostgreSQL (no query here has a ?
+// inside a literal).
+func (s *Store) q(query string) string {
+	if !s.pg {
+		return query
+	}
+	if v, ok := s.qcache.Load(query); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(c)
+	}
+	s.qcache.Store(query, b.String())
+	return b.String()
+}
+
+func ns(t time.Time) int64 {
 	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNS(n int64) string {
+	if n == 0 {
 		return ""
 	}
-	return t.UTC().Format(time.RFC3339Nano)
+	return time.Unix(0, n).UTC().Format(time.RFC3339Nano)
 }
 
-// Record stores one report atomically. It returns how many lifecycle
-// events were new (duplicates by event_id are ignored).
-func (s *Store) Record(ctx context.Context, b *report.Body, identity string, now time.Time) (int, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, err
+// Recorded is what one report changed.
+type Recorded struct {
+	Added      int           // new lifecycle events
+	Duplicates int           // events already recorded (a resend)
+	Conflicts  []SeqConflict // events whose seq was already used by another event_id
+}
+
+// job is one report waiting for a writer.
+type job struct {
+	b        *report.Body
+	identity string
+	now      time.Time
+	done     chan jobResult
+}
+
+type jobResult struct {
+	rec Recorded
+	err error
+}
+
+// Record stores one report atomically: its heartbeat, its lifecycle
+// events (deduplicated by event_id) and its decky table. It returns once
+// the report is durable or has failed; a failure leaves no trace of it.
+func (s *Store) Record(ctx context.Context, b *report.Body, identity string, now time.Time) (Recorded, error) {
+	j := &job{b: b, identity: identity, now: now, done: make(chan jobResult, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return Recorded{}, ErrClosed
 	}
-	defer tx.Rollback() //nolint:errcheck // after Commit this is a no-op
-	_, err = tx.ExecContext(ctx, `
-INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat, last_fetch_ok, last_apply, pass_error, outbox_depth, outbox_rejected, identity)
+	select {
+	case s.jobs <- j:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return Recorded{}, ctx.Err()
+	}
+	s.mu.RUnlock()
+	select {
+	case r := <-j.done:
+		return r.rec, r.err
+	case <-ctx.Done():
+		// The writer may still commit it; a resend is deduplicated.
+		return Recorded{}, ctx.Err()
+	}
+}
+
+// Group commit bounds: enough to amortise an fsync, small enough that one
+// transaction never holds the writer for long.
+const (
+	maxGroupBodies = 64
+	maxGroupEvents = 4000
+)
+
+func (s *Store) writer() {
+	defer s.wg.Done()
+	for first := range s.jobs {
+		group := []*job{first}
+		events := len(first.b.Lifecycle)
+	collect:
+		for len(group) < maxGroupBodies && events < maxGroupEvents {
+			select {
+			case j, ok := <-s.jobs:
+				if !ok {
+					break collect
+				}
+				group = append(group, j)
+				events += len(j.b.Lifecycle)
+			default:
+				break collect
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+// commitGroup writes a group in one transaction, each report under its own
+// savepoint so that one failing report fails alone. Reports are taken in
+// host order (stable, so one host's reports keep theirs): every writer of
+// every master then locks host rows in the same order, and PostgreSQL
+// cannot deadlock between them.
+func (s *Store) commitGroup(group []*job) {
+	slices.SortStableFunc(group, func(a, b *job) int { return cmp.Compare(a.b.Host, b.b.Host) })
+	results := make([]jobResult, len(group))
+	err := s.withRetry(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		tx, err := s.w.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback() //nolint:errcheck // after Commit this is a no-op
+		for i, j := range group {
+			if len(group) > 1 {
+				if _, err := tx.ExecContext(ctx, "SAVEPOINT report"); err != nil {
+					return err
+				}
+			}
+			rec, err := s.recordOne(ctx, tx, j)
+			results[i] = jobResult{rec, err}
+			if len(group) > 1 {
+				stmt := "RELEASE SAVEPOINT report"
+				if err != nil {
+					if retryable(err) {
+						return err // the whole group again
+					}
+					stmt = "ROLLBACK TO SAVEPOINT report"
+				}
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return err
+				}
+			} else if err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	})
+	for i, j := range group {
+		r := results[i]
+		if err != nil {
+			r = jobResult{err: err}
+		}
+		j.done <- r
+	}
+}
+
+// retryable tells PostgreSQL's deadlock and serialisation failures, which
+// succeed when the transaction is simply run again.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
+func (s *Store) withRetry(f func() error) error {
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		if err = f(); err == nil || !retryable(err) {
+			return err
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
+	return err
+}
+
+func (s *Store) recordOne(ctx context.Context, tx *sql.Tx, j *job) (Recorded, error) {
+	b, now := j.b, ns(j.now)
+	var rec Recorded
+	// First, so that it locks the host's row: reports of one host are
+	// written one after the other even by several masters.
+	_, err := tx.ExecContext(ctx, s.q(`
+INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns, pass_error, outbox_depth, outbox_rejected, identity)
 VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excluded.agent_version,
-	commit_sha=excluded.commit_sha, remote=excluded.remote, last_heartbeat=excluded.last_heartbeat,
-	last_fetch_ok=excluded.last_fetch_ok, last_apply=excluded.last_apply, pass_error=excluded.pass_error,
-	outbox_depth=excluded.outbox_depth, outbox_rejected=excluded.outbox_rejected, identity=excluded.identity`,
-		b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, ts(now), ts(b.LastFetchOK), ts(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, identity)
+	commit_sha=excluded.commit_sha, remote=excluded.remote, last_heartbeat_ns=excluded.last_heartbeat_ns,
+	last_fetch_ok_ns=excluded.last_fetch_ok_ns, last_apply_ns=excluded.last_apply_ns, pass_error=excluded.pass_error,
+	outbox_depth=excluded.outbox_depth, outbox_rejected=excluded.outbox_rejected, identity=excluded.identity`),
+		b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, now, ns(b.LastFetchOK), ns(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, j.identity)
 	if err != nil {
-		return 0, err
+		return rec, fmt.Errorf("failed to record the heartbeat of %s: %w", b.Host, err)
 	}
-	added := 0
+	var maxSeq int64
 	for _, e := range b.Lifecycle {
-		res, err := tx.ExecContext(ctx, `
-INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_at, completed_at, received_at)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO NOTHING`,
-			e.EventID, b.Host, e.Seq, e.DeckyName, e.Operation, e.Status, e.Error, e.Commit, e.ConfigHash, e.Note, ts(e.StartedAt), ts(e.CompletedAt), ts(now))
+		res, err := tx.ExecContext(ctx, s.q(`
+INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`),
+			e.EventID, b.Host, int64(e.Seq), e.DeckyName, e.Operation, e.Status, e.Error, e.Commit, e.ConfigHash, e.Note, ns(e.StartedAt), ns(e.CompletedAt), now)
 		if err != nil {
-			return 0, err
+			return rec, fmt.Errorf("failed to record event %s: %w", e.EventID, err)
 		}
 		if n, _ := res.RowsAffected(); n > 0 {
-			added++
+			rec.Added++
+			maxSeq = max(maxSeq, int64(e.Seq))
+			continue
+		}
+		// Not inserted: a resend of the same event, or another event
+		// under a seq (or event_id) already taken.
+		var existing string
+		err = tx.QueryRowContext(ctx, s.q(`SELECT event_id FROM events WHERE host = ? AND seq = ?`), b.Host, int64(e.Seq)).Scan(&existing)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return rec, err
+		}
+		if existing == e.EventID {
+			rec.Duplicates++
+			continue
+		}
+		c, err := s.recordConflict(ctx, tx, b.Host, e, existing, now)
+		if err != nil {
+			return rec, err
+		}
+		if c != nil {
+			rec.Conflicts = append(rec.Conflicts, *c)
+		} else {
+			rec.Duplicates++ // the conflict was already recorded
+		}
+	}
+	if rec.Added > 0 || len(rec.Conflicts) > 0 {
+		greatest := "max"
+		if s.pg {
+			greatest = "GREATEST"
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE hosts SET events_total = events_total + ?, max_seq = `+greatest+`(max_seq, ?),
+	seq_conflicts = seq_conflicts + ? WHERE host = ?`), rec.Added, maxSeq, len(rec.Conflicts), b.Host); err != nil {
+			return rec, err
 		}
 	}
 	if b.Status.Runtime != nil || b.Status.Deployed {
-		// The heartbeat is the host's whole truth: deckies it no longer
-		// reports are gone (DECNET never pruned them, bug L6).
-		if _, err := tx.ExecContext(ctx, `DELETE FROM deckies WHERE host = ?`, b.Host); err != nil {
-			return 0, err
-		}
-		ips := map[string]string{}
-		hashes := map[string]string{}
-		for _, d := range b.Status.Deckies {
-			ips[d.Name], hashes[d.Name] = d.IP, d.ConfigHash
-		}
-		for name, rt := range b.Status.Runtime {
-			var svcs []string
-			for svc, st := range rt.Services {
-				svcs = append(svcs, svc+"="+st)
-			}
-			sortStrings(svcs)
-			if _, err := tx.ExecContext(ctx, `
-INSERT INTO deckies(host, decky, ip, state, running, services, config_hash, error, updated_at) VALUES(?,?,?,?,?,?,?,?,?)`,
-				b.Host, name, ips[name], rt.State, boolInt(rt.Running), strings.Join(svcs, ","), hashes[name], rt.Error, ts(now)); err != nil {
-				return 0, err
-			}
+		if err := s.replaceDeckies(ctx, tx, b, now); err != nil {
+			return rec, err
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return 0, err
+	return rec, nil
+}
+
+// recordConflict keeps an event whose seq another event_id already holds
+// (an agent that lost its state and counts again from 1, or two agents
+// under one host name). It returns nil when this conflict was recorded
+// before (the agent resent it).
+func (s *Store) recordConflict(ctx context.Context, tx *sql.Tx, host string, e report.Event, existing string, now int64) (*SeqConflict, error) {
+	data, _ := json.Marshal(e)
+	res, err := tx.ExecContext(ctx, s.q(`INSERT INTO seq_conflicts(host, seq, event_id, existing_event_id, event, received_ns) VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING`),
+		host, int64(e.Seq), e.EventID, existing, string(data), now)
+	if err != nil {
+		return nil, fmt.Errorf("failed to record a seq conflict: %w", err)
 	}
-	return added, nil
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil, nil
+	}
+	s.log.Warn("seq reused with a different event_id: kept aside in seq_conflicts",
+		"host", host, "seq", e.Seq, "event_id", e.EventID, "existing_event_id", existing)
+	return &SeqConflict{Host: host, Seq: int64(e.Seq), EventID: e.EventID, ExistingEventID: existing, Event: data, ReceivedAt: fromNS(now)}, nil
+}
+
+func (s *Store) replaceDeckies(ctx context.Context, tx *sql.Tx, b *report.Body, now int64) error {
+	// The heartbeat is the host's whole truth: deckies it no longer
+	// reports are gone (DECNET never pruned them, bug L6).
+	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM deckies WHERE host = ?`), b.Host); err != nil {
+		return err
+	}
+	ips := map[string]string{}
+	hashes := map[string]string{}
+	for _, d := range b.Status.Deckies {
+		ips[d.Name], hashes[d.Name] = d.IP, d.ConfigHash
+	}
+	for name, rt := range b.Status.Runtime {
+		var svcs []string
+		for svc, st := range rt.Services {
+			svcs = append(svcs, svc+"="+st)
+		}
+		slices.Sort(svcs)
+		if _, err := tx.ExecContext(ctx, s.q(`
+INSERT INTO deckies(host, decky, ip, state, running, services, config_hash, error, updated_ns) VALUES(?,?,?,?,?,?,?,?,?)`),
+			b.Host, name, ips[name], rt.State, boolInt(rt.Running), strings.Join(svcs, ","), hashes[name], rt.Error, now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func boolInt(b bool) int {
@@ -159,163 +465,4 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// HostRow is a host as the API lists it.
-type HostRow struct {
-	Host           string    `json:"host"`
-	HostUUID       string    `json:"host_uuid"`
-	AgentVersion   string    `json:"agent_version"`
-	Commit         string    `json:"commit"`
-	Remote         string    `json:"remote"`
-	LastHeartbeat  time.Time `json:"last_heartbeat"`
-	AgeSeconds     float64   `json:"age_seconds"`
-	Stale          bool      `json:"stale"`
-	LastFetchOK    string    `json:"last_fetch_ok,omitempty"`
-	LastApply      string    `json:"last_apply,omitempty"`
-	PassError      string    `json:"pass_error,omitempty"`
-	OutboxDepth    int       `json:"outbox_depth"`
-	OutboxRejected int       `json:"outbox_rejected"`
-	Identity       string    `json:"identity,omitempty"`
-	Events         int       `json:"events"`
-	MaxSeq         int64     `json:"max_seq"`
-	MissingSeqs    int64     `json:"missing_seqs"` // gaps in the host's sequence
-}
-
-// Hosts lists hosts with freshness; a host is stale when its last
-// heartbeat is older than staleAfter.
-func (s *Store) Hosts(ctx context.Context, now time.Time, staleAfter time.Duration) ([]HostRow, error) {
-	rows, err := s.db.QueryContext(ctx, `
-SELECT h.host, h.host_uuid, h.agent_version, h.commit_sha, h.remote, h.last_heartbeat, h.last_fetch_ok, h.last_apply,
-	h.pass_error, h.outbox_depth, h.outbox_rejected, h.identity,
-	COUNT(e.event_id), COALESCE(MAX(e.seq), 0)
-FROM hosts h LEFT JOIN events e ON e.host = h.host
-GROUP BY h.host ORDER BY h.host`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []HostRow
-	for rows.Next() {
-		var r HostRow
-		var last string
-		if err := rows.Scan(&r.Host, &r.HostUUID, &r.AgentVersion, &r.Commit, &r.Remote, &last, &r.LastFetchOK, &r.LastApply,
-			&r.PassError, &r.OutboxDepth, &r.OutboxRejected, &r.Identity, &r.Events, &r.MaxSeq); err != nil {
-			return nil, err
-		}
-		r.LastHeartbeat, _ = time.Parse(time.RFC3339Nano, last)
-		r.AgeSeconds = now.Sub(r.LastHeartbeat).Seconds()
-		r.Stale = now.Sub(r.LastHeartbeat) > staleAfter
-		if r.Events > 0 {
-			// Sequences start at 1; anything below the first seen event or
-			// between seen events that never arrived is a gap.
-			r.MissingSeqs = r.MaxSeq - int64(r.Events)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
-// DeckyRow is one decky's current state on one host.
-type DeckyRow struct {
-	Host       string `json:"host"`
-	Decky      string `json:"decky"`
-	IP         string `json:"ip"`
-	State      string `json:"state"`
-	Running    bool   `json:"running"`
-	Services   string `json:"services"`
-	ConfigHash string `json:"config_hash"`
-	Error      string `json:"error,omitempty"`
-	UpdatedAt  string `json:"updated_at"`
-}
-
-// Deckies lists deckies, optionally of one host.
-func (s *Store) Deckies(ctx context.Context, host string) ([]DeckyRow, error) {
-	q := `SELECT host, decky, ip, state, running, services, config_hash, error, updated_at FROM deckies`
-	var args []any
-	if host != "" {
-		q += ` WHERE host = ?`
-		args = append(args, host)
-	}
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY host, decky`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []DeckyRow
-	for rows.Next() {
-		var r DeckyRow
-		var running int
-		if err := rows.Scan(&r.Host, &r.Decky, &r.IP, &r.State, &running, &r.Services, &r.ConfigHash, &r.Error, &r.UpdatedAt); err != nil {
-			return nil, err
-		}
-		r.Running = running == 1
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
-// EventRow is a recorded lifecycle event.
-type EventRow struct {
-	EventID     string `json:"event_id"`
-	Host        string `json:"host"`
-	Seq         int64  `json:"seq"`
-	DeckyName   string `json:"decky_name"`
-	Operation   string `json:"operation"`
-	Status      string `json:"status"`
-	Error       string `json:"error,omitempty"`
-	Commit      string `json:"commit,omitempty"`
-	ConfigHash  string `json:"config_hash,omitempty"`
-	Note        string `json:"note,omitempty"`
-	StartedAt   string `json:"started_at,omitempty"`
-	CompletedAt string `json:"completed_at,omitempty"`
-	ReceivedAt  string `json:"received_at"`
-}
-
-// EventFilter selects lifecycle history.
-type EventFilter struct {
-	Host, Decky, Status string
-	Since               time.Time // received at or after
-	Limit               int       // default 1000
-}
-
-// Events lists lifecycle history, oldest first by host and sequence.
-func (s *Store) Events(ctx context.Context, f EventFilter) ([]EventRow, error) {
-	var where []string
-	var args []any
-	add := func(cond string, v any) { where = append(where, cond); args = append(args, v) }
-	if f.Host != "" {
-		add("host = ?", f.Host)
-	}
-	if f.Decky != "" {
-		add("decky = ?", f.Decky)
-	}
-	if f.Status != "" {
-		add("status = ?", f.Status)
-	}
-	if !f.Since.IsZero() {
-		add("received_at >= ?", ts(f.Since))
-	}
-	if f.Limit <= 0 || f.Limit > 10000 {
-		f.Limit = 1000
-	}
-	q := `SELECT event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_at, completed_at, received_at FROM events`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += fmt.Sprintf(" ORDER BY host, seq LIMIT %d", f.Limit)
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []EventRow
-	for rows.Next() {
-		var r EventRow
-		if err := rows.Scan(&r.EventID, &r.Host, &r.Seq, &r.DeckyName, &r.Operation, &r.Status, &r.Error, &r.Commit, &r.ConfigHash, &r.Note, &r.StartedAt, &r.CompletedAt, &r.ReceivedAt); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
 }

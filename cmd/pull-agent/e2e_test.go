@@ -60,7 +60,7 @@ func newWorldLAN(t testing.TB, lanOpt testlan.Options) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	srv := httptest.NewServer(master.NewServer(store, master.Options{}, slog.New(slog.DiscardHandler)))
+	srv := httptest.NewServer(master.NewServer(store, master.Options{InsecureNoAuth: true}, slog.New(slog.DiscardHandler)))
 	t.Cleanup(srv.Close)
 	w.store, w.master = store, srv.URL
 

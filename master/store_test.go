@@ -1,0 +1,337 @@
+package master
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/decnet/pull-agent/report"
+)
+
+// The store suite: each test runs on SQLite and on PostgreSQL.
+
+func TestStoreDeduplicatesAndNoticesGaps(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		record(t, st, body("worker-a", ev(1, "d1", "succeeded"), ev(2, "d2", "failed")))
+		if rec := record(t, st, body("worker-a", ev(2, "d2", "failed"))); rec.Added != 0 || rec.Duplicates != 1 {
+			t.Fatalf("a resend after a lost ack: %+v", rec)
+		}
+		record(t, st, body("worker-a", ev(4, "d1", "succeeded")))
+		rows, _ := st.Events(ctx, EventFilter{Host: "worker-a"})
+		if seqs(rows) != "1,2,4" {
+			t.Fatalf("events: %s", seqs(rows))
+		}
+		hosts, _ := st.Hosts(ctx, time.Now(), time.Minute)
+		if len(hosts) != 1 || hosts[0].Events != 3 || hosts[0].MaxSeq != 4 || hosts[0].MissingSeqs != 1 || hosts[0].Stale {
+			t.Fatalf("host: %+v", hosts)
+		}
+		stale, _ := st.Hosts(ctx, time.Now().Add(time.Hour), time.Minute)
+		if !stale[0].Stale {
+			t.Error("a host silent for an hour is not stale")
+		}
+		// The heartbeat replaces the host's decky table.
+		b := body("worker-a")
+		b.Status.Runtime = map[string]report.Runtime{"d9": {State: "degraded", Services: map[string]string{"http": "exited", "ftp": "running"}}}
+		record(t, st, b)
+		d, _ := st.Deckies(ctx, "worker-a")
+		if len(d) != 1 || d[0].Decky != "d9" || d[0].State != "degraded" || d[0].Services != "ftp=running,http=exited" {
+			t.Fatalf("deckies: %+v", d)
+		}
+	})
+}
+
+// A seq reused with a different event_id is kept aside, counted on the
+// host, listed by Conflicts, and recorded once however often it is resent.
+func TestStoreReportsSeqReusedWithAnotherEventID(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		record(t, st, body("worker-a", hostEv("worker-a", 1, "succeeded", time.Now())))
+		other := hostEv("worker-a", 1, "failed", time.Now())
+		other.EventID = "reinstalled-000001"
+		for i := 0; i < 2; i++ {
+			rec := record(t, st, body("worker-a", other))
+			if want := 1 - i; len(rec.Conflicts) != want {
+				t.Fatalf("send %d: conflicts %+v, want %d", i, rec.Conflicts, want)
+			}
+		}
+		rows, _ := st.Events(ctx, EventFilter{Host: "worker-a"})
+		if len(rows) != 1 || rows[0].EventID != "worker-a-000001" {
+			t.Fatalf("history must keep the first event only: %+v", rows)
+		}
+		c, err := st.Conflicts(ctx, "worker-a", 0)
+		if err != nil || len(c) != 1 || c[0].Seq != 1 || c[0].EventID != "reinstalled-000001" || c[0].ExistingEventID != "worker-a-000001" ||
+			!strings.Contains(string(c[0].Event), `"status":"failed"`) {
+			t.Fatalf("conflicts: %+v %v", c, err)
+		}
+		hosts, _ := st.Hosts(ctx, time.Now(), time.Minute)
+		if hosts[0].SeqConflicts != 1 || hosts[0].Events != 1 {
+			t.Fatalf("host: %+v", hosts[0])
+		}
+	})
+}
+
+// Every listing pages with a cursor and covers everything exactly once.
+func TestStorePaginates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		base := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+		for h := 0; h < 5; h++ {
+			host := fmt.Sprintf("worker-%d", h)
+			var evs []report.Event
+			for s := 1; s <= 7; s++ {
+				evs = append(evs, hostEv(host, uint64(s), "failed", base.Add(time.Duration(s*10+h)*time.Second)))
+			}
+			b := body(host, evs...)
+			b.Status.Runtime = map[string]report.Runtime{"a": {State: "running"}, "b": {State: "running"}, "c": {State: "failed"}}
+			record(t, st, b)
+		}
+		// By host and seq, 4 per page.
+		var got []string
+		after := ""
+		for pages := 0; ; pages++ {
+			rows, next, err := st.EventsPage(ctx, EventFilter{After: after, Limit: 4})
+			if err != nil || pages > 20 {
+				t.Fatal(err, pages)
+			}
+			for _, r := range rows {
+				got = append(got, fmt.Sprintf("%s/%d", r.Host, r.Seq))
+			}
+			if next == "" {
+				break
+			}
+			after = next
+		}
+		if len(got) != 35 || got[0] != "worker-0/1" || got[7] != "worker-1/1" || got[34] != "worker-4/7" {
+			t.Fatalf("by seq: %v", got)
+		}
+		// Newest first across hosts, 6 per page: strictly by completion time.
+		var times []string
+		after = ""
+		for {
+			rows, next, err := st.EventsPage(ctx, EventFilter{Status: "failed", Order: NewestFirst, After: after, Limit: 6})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rows {
+				times = append(times, r.CompletedAt)
+			}
+			if next == "" {
+				break
+			}
+			after = next
+		}
+		if len(times) != 35 {
+			t.Fatalf("newest first: %d events", len(times))
+		}
+		for i := 1; i < len(times); i++ {
+			a, _ := time.Parse(time.RFC3339Nano, times[i-1])
+			b, _ := time.Parse(time.RFC3339Nano, times[i])
+			if !a.After(b) {
+				t.Fatalf("newest first is not by time across hosts at %d: %v", i, times)
+			}
+		}
+		// Hosts 2 per page, deckies 4 per page.
+		var hosts []string
+		hq := HostQuery{Limit: 2}
+		for {
+			rows, next, err := st.HostsPage(ctx, time.Now(), time.Minute, hq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rows {
+				hosts = append(hosts, r.Host)
+			}
+			if next == "" {
+				break
+			}
+			hq.After = next
+		}
+		if strings.Join(hosts, " ") != "worker-0 worker-1 worker-2 worker-3 worker-4" {
+			t.Fatalf("hosts: %v", hosts)
+		}
+		n := 0
+		dq := DeckyQuery{Limit: 4}
+		for {
+			rows, next, err := st.DeckiesPage(ctx, dq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(rows)
+			if next == "" {
+				break
+			}
+			dq.After = next
+		}
+		if n != 15 {
+			t.Fatalf("deckies: %d", n)
+		}
+		if _, _, err := st.EventsPage(ctx, EventFilter{After: "not-a-cursor!"}); err == nil {
+			t.Fatal("a forged cursor was accepted")
+		}
+		if rows, _ := st.Events(ctx, EventFilter{Limit: 1_000_000}); len(rows) != 35 {
+			t.Fatalf("limit above the maximum: %d", len(rows))
+		}
+	})
+}
+
+func TestStoreRetentionRemovesOldEvents(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		old := time.Now().Add(-48 * time.Hour)
+		for _, host := range []string{"worker-a", "worker-b"} {
+			var evs []report.Event
+			for s := 1; s <= 10; s++ {
+				evs = append(evs, hostEv(host, uint64(s), "succeeded", old))
+			}
+			b := body(host, evs...)
+			if _, err := st.Record(ctx, &b, "", old); err != nil {
+				t.Fatal(err)
+			}
+		}
+		record(t, st, body("worker-a", hostEv("worker-a", 11, "succeeded", time.Now()), hostEv("worker-a", 12, "succeeded", time.Now())))
+
+		// Count per host: each host keeps its newest 4.
+		n, err := st.Prune(ctx, time.Now(), Retain{MaxPerHost: 4})
+		if err != nil || n != 8+6 {
+			t.Fatalf("count: removed %d, %v", n, err)
+		}
+		a, _ := st.Events(ctx, EventFilter{Host: "worker-a"})
+		b, _ := st.Events(ctx, EventFilter{Host: "worker-b"})
+		if seqs(a) != "9,10,11,12" || seqs(b) != "7,8,9,10" {
+			t.Fatalf("after count retention: a=%s b=%s", seqs(a), seqs(b))
+		}
+		// Age: what was received two days ago goes, today's stays.
+		n, err = st.Prune(ctx, time.Now(), Retain{MaxAge: 24 * time.Hour})
+		if err != nil || n != 6 {
+			t.Fatalf("age: removed %d, %v", n, err)
+		}
+		a, _ = st.Events(ctx, EventFilter{Host: "worker-a"})
+		b, _ = st.Events(ctx, EventFilter{Host: "worker-b"})
+		if seqs(a) != "11,12" || len(b) != 0 {
+			t.Fatalf("after age retention: a=%s b=%s", seqs(a), seqs(b))
+		}
+		// The host counters still tell what was ever recorded: no false gaps.
+		hosts, _ := st.Hosts(ctx, time.Now(), time.Hour)
+		if hosts[0].Events != 12 || hosts[0].MissingSeqs != 0 {
+			t.Fatalf("host counters after retention: %+v", hosts[0])
+		}
+	})
+}
+
+func TestStoreTokens(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		tok, info, err := st.AddToken(ctx, AgentToken, "worker-a", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.VerifyToken(ctx, tok)
+		if err != nil || got.Name != "worker-a" || got.Kind != AgentToken || got.ID != info.ID {
+			t.Fatalf("verify: %+v %v", got, err)
+		}
+		// Only the hash is stored.
+		list, _ := st.Tokens(ctx)
+		if len(list) != 1 {
+			t.Fatalf("tokens: %+v", list)
+		}
+		var stored string
+		if err := st.r.QueryRow(st.q(`SELECT hash FROM tokens WHERE id = ?`), info.ID).Scan(&stored); err != nil || strings.Contains(tok, stored) || stored != hashToken(tok) {
+			t.Fatalf("stored %q for token: %v", stored, err)
+		}
+		for _, bad := range []string{tok[:len(tok)-1] + "x", "pam1_" + info.ID + "_", "nonsense", ""} {
+			if _, err := st.VerifyToken(ctx, bad); err != ErrBadToken {
+				t.Errorf("%q: %v", bad, err)
+			}
+		}
+		if n, err := st.RevokeTokens(ctx, AgentToken, "worker-a", "", time.Now()); n != 1 || err != nil {
+			t.Fatalf("revoke: %d %v", n, err)
+		}
+		if _, err := st.VerifyToken(ctx, tok); err != ErrBadToken {
+			t.Fatalf("a revoked token verified: %v", err)
+		}
+		if n, _ := st.ActiveTokens(ctx, ""); n != 0 {
+			t.Fatalf("active after revoke: %d", n)
+		}
+	})
+}
+
+// Migrations are versioned, run at start and are idempotent: reopening
+// changes nothing and keeps the data.
+func TestStoreMigrationsAreVersioned(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		record(t, st, body("worker-a", ev(1, "d1", "succeeded")))
+		st.Close()
+		st = openStore(t, dsn)
+		var versions []int
+		rows, err := st.r.Query(`SELECT version FROM schema_migrations ORDER BY version`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var v int
+			_ = rows.Scan(&v)
+			versions = append(versions, v)
+		}
+		rows.Close()
+		if len(versions) != SchemaVersion || versions[len(versions)-1] != SchemaVersion {
+			t.Fatalf("schema_migrations: %v, want 1..%d", versions, SchemaVersion)
+		}
+		if ev, _ := st.Events(context.Background(), EventFilter{}); len(ev) != 1 {
+			t.Fatalf("reopen lost data: %+v", ev)
+		}
+	})
+}
+
+// A database written before migrations were versioned (times as text,
+// events keyed by event_id) is upgraded in place: history, counters and
+// reused seqs all survive.
+func TestLegacySQLiteDatabaseIsMigrated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "legacy.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(migrations[0].sqlite); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{
+		`INSERT INTO hosts(host, last_heartbeat, identity) VALUES('worker-a', '2026-11-27T10:00:00.5Z', 'worker-a')`,
+		`INSERT INTO events(event_id, host, seq, decky, operation, status, completed_at, received_at) VALUES('e-000001', 'worker-a', 1, 'd1', 'deploy', 'succeeded', '2026-11-27T09:59:00Z', '2026-11-27T10:00:00Z')`,
+		`INSERT INTO events(event_id, host, seq, decky, operation, status, completed_at, received_at) VALUES('e-000003', 'worker-a', 3, 'd1', 'repair', 'failed', '2026-11-27T09:59:30Z', '2026-11-27T10:00:01Z')`,
+		`INSERT INTO events(event_id, host, seq, decky, operation, status, completed_at, received_at) VALUES('x-000003', 'worker-a', 3, 'd2', 'deploy', 'failed', '2026-11-27T09:59:40Z', '2026-11-27T10:00:02Z')`,
+		`INSERT INTO deckies(host, decky, state, updated_at) VALUES('worker-a', 'd1', 'running', '2026-11-27T10:00:00Z')`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatal(stmt, err)
+		}
+	}
+	db.Close()
+	st := openStore(t, path)
+	ctx := context.Background()
+	rows, _ := st.Events(ctx, EventFilter{})
+	if seqs(rows) != "1,3" || rows[1].EventID != "e-000003" || rows[0].CompletedAt != "2026-11-27T09:59:00Z" {
+		t.Fatalf("events: %+v", rows)
+	}
+	hosts, _ := st.Hosts(ctx, time.Now(), time.Minute)
+	if len(hosts) != 1 || hosts[0].Events != 2 || hosts[0].MaxSeq != 3 || hosts[0].MissingSeqs != 1 || hosts[0].SeqConflicts != 1 ||
+		hosts[0].LastHeartbeat != time.Date(2026, 11, 27, 10, 0, 0, 500e6, time.UTC) {
+		t.Fatalf("hosts: %+v", hosts)
+	}
+	if c, _ := st.Conflicts(ctx, "", 0); len(c) != 1 || c[0].EventID != "x-000003" || c[0].ExistingEventID != "e-000003" {
+		t.Fatalf("conflicts: %+v", c)
+	}
+	if d, _ := st.Deckies(ctx, ""); len(d) != 1 || d[0].UpdatedAt != "2026-11-27T10:00:00Z" {
+		t.Fatalf("deckies: %+v", d)
+	}
+}

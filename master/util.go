@@ -1,5 +1,0 @@
-package master
-
-import "sort"
-
-func sortStrings(s []string) { sort.Strings(s) }
