@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -50,6 +51,13 @@ type Options struct {
 	LogLines   int    // container log lines quoted in a failure; default 20
 	ContextDir string // scratch directory for build contexts (required to build)
 	AllowPull  bool   // let Compose pull missing image references
+	// LANCheck, when set, is part of success: after a decky's containers
+	// are steady, each declared TCP port of each service with the check on
+	// must accept a connection at the decky's address (see [PortChecker],
+	// [DialChecker]). The caller must make the decky's address reachable
+	// from the worker (the host helper link's route) before Apply. nil
+	// turns the check off.
+	LANCheck PortChecker
 }
 
 // DefaultOptions returns the production settings.
@@ -120,7 +128,7 @@ func (a *Applier) Apply(ctx context.Context, cs ChangeSet, tree Materializer) []
 	if len(todo) == 0 {
 		return nil
 	}
-	imgErr := a.ensureImages(ctx, todo, tree)
+	imgErr := a.ensureImages(ctx, todo, cs.Entries, tree)
 
 	results := make([]Result, len(todo))
 	sem := make(chan struct{}, a.opt.Parallel)
@@ -201,13 +209,18 @@ func (a *Applier) applyOne(ctx context.Context, e Entry, imgErr map[string]error
 			}
 		}
 	}
-	return a.waitSteady(ctx, d)
+	if err := a.waitSteady(ctx, d); err != nil {
+		return err
+	}
+	return a.checkLAN(ctx, d)
 }
 
 // ensureImages builds every missing image the changing deckies need, once
 // each, and checks that reference images are present. It returns the
-// error of each image that is not usable, by reference.
-func (a *Applier) ensureImages(ctx context.Context, todo []Entry, tree Materializer) map[string]error {
+// error of each image that is not usable, by reference. entries are all
+// of the pass's entries: an image another Dockerfile builds FROM may
+// belong to a decky that does not change.
+func (a *Applier) ensureImages(ctx context.Context, todo, entries []Entry, tree Materializer) map[string]error {
 	errs := map[string]error{}
 	seen := map[string]bool{}
 	var imgs []Image
@@ -223,27 +236,105 @@ func (a *Applier) ensureImages(ctx context.Context, todo []Entry, tree Materiali
 		}
 	}
 	sort.Slice(imgs, func(i, j int) bool { return imgs[i].Ref < imgs[j].Ref })
+	b := &builder{a: a, tree: tree, jobs: map[string]Image{}, done: map[string]error{}, busy: map[string]bool{}}
+	for _, e := range entries {
+		if e.spec == nil {
+			continue
+		}
+		for _, img := range e.spec.Images {
+			if img.Build != nil {
+				b.jobs[img.Build.Tag] = img
+			}
+		}
+	}
 	for _, img := range imgs {
-		if img.Build == nil && img.ID != "" {
+		if img.Build != nil {
+			if err := b.ensure(ctx, img); err != nil {
+				errs[img.Ref] = err
+			}
+			continue
+		}
+		if img.ID != "" {
 			continue // ResolveImages found it locally this pass
 		}
 		id, err := a.eng.ImageID(ctx, img.Ref)
 		switch {
 		case err != nil:
 			errs[img.Ref] = err
-		case id != "":
-		case img.Build == nil && !a.opt.AllowPull:
+		case id == "" && !a.opt.AllowPull:
 			errs[img.Ref] = fmt.Errorf("image %s (%s) is not present on this worker and registry pulls are disabled; load it or enable --allow-pull", img.Ref, img.Key)
-		case img.Build != nil:
-			if err := a.build(ctx, img, tree); err != nil {
-				errs[img.Ref] = err
-			}
 		}
 	}
 	return errs
 }
 
-func (a *Applier) build(ctx context.Context, img Image, tree Materializer) error {
+// builder builds the pass's images from the fleet repository, each at most
+// once, dependencies first: a Dockerfile may build FROM an image another
+// build context of the same repository produces in this pass.
+type builder struct {
+	a    *Applier
+	tree Materializer
+	jobs map[string]Image // by tag: every image this pass can build
+	done map[string]error // by tag: built (nil) or failed
+	busy map[string]bool  // by tag: being built (cycle detection)
+}
+
+func (b *builder) ensure(ctx context.Context, img Image) error {
+	tag := img.Build.Tag
+	if err, ok := b.done[tag]; ok {
+		return err
+	}
+	if b.busy[tag] {
+		return &BuildRefusedError{File: dockerfilePath(img.Build), Image: tag, Reason: "the Dockerfile needs the image it builds (a cycle through FROM or --from)"}
+	}
+	b.busy[tag] = true
+	err := b.buildIfMissing(ctx, img)
+	delete(b.busy, tag)
+	b.done[tag] = err
+	return err
+}
+
+func (b *builder) buildIfMissing(ctx context.Context, img Image) error {
+	id, err := b.a.eng.ImageID(ctx, img.Ref)
+	if err != nil || id != "" {
+		return err // an error, or built before (the tag is content-derived)
+	}
+	return b.a.build(ctx, img, b.tree, b.resolve)
+}
+
+// resolve makes sure an image a Dockerfile names is on the worker without
+// any network: built from this repository (first, if needed) or present.
+func (b *builder) resolve(ctx context.Context, file string, ref imageRef) error {
+	if dep, ok := b.jobs[ref.Name]; ok {
+		if err := b.ensure(ctx, dep); err != nil {
+			return &BuildRefusedError{File: file, Line: ref.Line, Image: ref.Name,
+				Reason: fmt.Sprintf("%s names an image built from %s in this repository, which failed: %v", ref.What, dep.Build.Context, err)}
+		}
+		return nil
+	}
+	id, err := b.a.eng.ImageID(ctx, ref.Name)
+	if err != nil {
+		return fmt.Errorf("%s:%d: %s %s: %w", file, ref.Line, ref.What, ref.Name, err)
+	}
+	if id == "" {
+		return &BuildRefusedError{File: file, Line: ref.Line, Image: ref.Name,
+			Reason: fmt.Sprintf("%s names an image that is not present on this worker, and builds never pull; load it (docker load) or build it from this repository", ref.What)}
+	}
+	return nil
+}
+
+func dockerfilePath(b *BuildJob) string {
+	df := b.Dockerfile
+	if df == "" {
+		df = "Dockerfile"
+	}
+	return path.Join(b.Context, df)
+}
+
+// build builds one image from the fleet repository. Before the Engine is
+// asked, every image the Dockerfile names is resolved offline (resolve);
+// the build itself runs with no network for RUN steps and never pulls.
+func (a *Applier) build(ctx context.Context, img Image, tree Materializer, resolve func(context.Context, string, imageRef) error) error {
 	if tree == nil || a.opt.ContextDir == "" {
 		return fmt.Errorf("cannot build %s: no fleet repository snapshot", img.Ref)
 	}
@@ -259,6 +350,24 @@ func (a *Applier) build(ctx context.Context, img Image, tree Materializer) error
 	if err := tree.Materialize(img.Build.Context, ctxDir); err != nil {
 		return err
 	}
+	file := dockerfilePath(img.Build)
+	df := img.Build.Dockerfile
+	if df == "" {
+		df = "Dockerfile"
+	}
+	dt, err := os.ReadFile(filepath.Join(ctxDir, filepath.FromSlash(df)))
+	if err != nil {
+		return fmt.Errorf("cannot build %s: %w", img.Key, err)
+	}
+	refs, err := dockerfileImages(dt, file, img.Build.Args)
+	if err != nil {
+		return fmt.Errorf("cannot build %s: %w", img.Key, err)
+	}
+	for _, r := range refs {
+		if err := resolve(ctx, file, r); err != nil {
+			return fmt.Errorf("cannot build %s: %w", img.Key, err)
+		}
+	}
 	args := types.MappingWithEquals{}
 	for k, v := range img.Build.Args {
 		args[k] = ptr(v)
@@ -267,7 +376,9 @@ func (a *Applier) build(ctx context.Context, img Image, tree Materializer) error
 	p := &types.Project{Name: a.project + "-build", WorkingDir: dir, Services: types.Services{name: {
 		Name:  name,
 		Image: img.Build.Tag,
-		Build: &types.BuildConfig{Context: ctxDir, Dockerfile: img.Build.Dockerfile, Args: args},
+		// Network "none": RUN steps get no network. Pull false: base
+		// images are never refreshed from a registry (resolved above).
+		Build: &types.BuildConfig{Context: ctxDir, Dockerfile: img.Build.Dockerfile, Args: args, Network: "none", Pull: false},
 	}}}
 	start := time.Now()
 	if err := a.eng.Build(ctx, p, []string{name}); err != nil {

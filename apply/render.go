@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/compose/v2/pkg/api"
@@ -18,7 +20,7 @@ import (
 
 // hashVersion is mixed into every hash; bump it when rendering changes in
 // a way that must roll out to running deckies.
-const hashVersion = "pull-agent/render/1"
+const hashVersion = "pull-agent/render/2"
 
 // networkKey is the Compose key of the decoy network in every project.
 const networkKey = "decnet_lan"
@@ -56,6 +58,14 @@ type ContainerSpec struct {
 	Name    string // Compose service key = container name
 	Hash    string
 	Config  types.ServiceConfig
+	// Ports are the service's declared ports (nil for the base). They are
+	// never published on the worker: the decky holds its own LAN address.
+	// They are carried in LabelPorts (so hashed and visible in status) and
+	// probed by the LAN check.
+	Ports []desired.Port
+	// Check is false when the catalog turns the LAN check off for the
+	// service (check: false), for decoys that must stay silent.
+	Check bool
 }
 
 // Containers returns the base then the services.
@@ -157,7 +167,12 @@ func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, n
 		MacAddress:    addr.MAC,
 		Networks:      map[string]*types.ServiceNetworkConfig{networkKey: {Ipv4Address: addr.IP.String()}},
 		Sysctls:       types.Mapping(fam.Sysctls()),
-		CapAdd:        []string{"NET_ADMIN"},
+		// NET_ADMIN is the base's alone: DECNET's base needs it for the
+		// OS-fingerprint work in the decky's own network namespace (the
+		// cloak's netfilter rules). Every other capability is dropped.
+		CapDrop:     []string{"ALL"},
+		CapAdd:      []string{"NET_ADMIN"},
+		SecurityOpt: []string{noNewPrivileges},
 		Labels: types.Labels{
 			engine.LabelOwner: in.Owner,
 			engine.LabelRole:  engine.RoleBase,
@@ -168,6 +183,7 @@ func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, n
 	if d.Archetype != "" {
 		base.Labels["decnet.fleet.archetype"] = d.Archetype
 	}
+	BaseLimits.apply(&base)
 	spec.Base = ContainerSpec{Name: d.Name, Config: base}
 	spec.Base.Hash = containerHash(base, baseImg, netHash)
 	spec.Base.Config.Labels[engine.LabelHash] = spec.Base.Hash
@@ -192,15 +208,19 @@ func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, n
 		}
 		env["NODE_NAME"] = ptr(d.Name)
 		env["HOSTNAME"] = ptr(d.Hostname)
-		caps := append([]string(nil), svc.CapAdd...)
-		sort.Strings(caps)
+		caps, err := serviceCaps(svc)
+		if err != nil {
+			return nil, err
+		}
 		cfg := types.ServiceConfig{
 			Name:          name,
 			ContainerName: name,
 			Image:         img.Ref,
 			PullPolicy:    in.pullPolicy(),
 			Environment:   env,
+			CapDrop:       []string{"ALL"},
 			CapAdd:        caps,
+			SecurityOpt:   []string{noNewPrivileges},
 			NetworkMode:   "service:" + d.Name,
 			DependsOn: types.DependsOnConfig{d.Name: {
 				Condition: types.ServiceConditionStarted, Required: true, Restart: true,
@@ -219,7 +239,16 @@ func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, n
 		if len(svc.Command) > 0 {
 			cfg.Command = types.ShellCommand(svc.Command)
 		}
-		c := ContainerSpec{Service: s, Name: name, Config: cfg}
+		serviceLimits(svc).apply(&cfg)
+		if serviceReadOnly(svc) {
+			cfg.ReadOnly = true
+			cfg.Tmpfs = types.StringList{readOnlyTmpfs}
+		}
+		ports := sortedPorts(svc.Ports)
+		if len(ports) > 0 {
+			cfg.Labels[engine.LabelPorts] = PortsText(ports)
+		}
+		c := ContainerSpec{Service: s, Name: name, Config: cfg, Ports: ports, Check: serviceChecked(svc)}
 		c.Hash = containerHash(cfg, img, "")
 		c.Config.Labels[engine.LabelHash] = c.Hash
 		spec.Services = append(spec.Services, c)
@@ -249,3 +278,94 @@ func containerHash(cfg types.ServiceConfig, img Image, netHash string) string {
 }
 
 func ptr(s string) *string { return &s }
+
+// noNewPrivileges keeps every process of a decky from gaining privileges
+// through setuid binaries or file capabilities after it starts.
+const noNewPrivileges = "no-new-privileges:true"
+
+// readOnlyTmpfs is the one writable place of a read-only service: a small
+// /tmp in memory (counted against the container's memory limit), where
+// nothing can be executed.
+const readOnlyTmpfs = "/tmp:rw,nosuid,nodev,noexec,size=16m,mode=1777"
+
+// apply sets the limits on a container's configuration. Swap is limited to
+// the memory limit (memswap = memory): a container cannot swap its way
+// past the limit.
+func (l Limits) apply(cfg *types.ServiceConfig) {
+	cfg.PidsLimit = l.Pids
+	cfg.MemLimit = types.UnitBytes(l.MemoryBytes)
+	cfg.MemSwapLimit = types.UnitBytes(l.MemoryBytes)
+	// Compose passes cpus on as NanoCPUs = cpus * 1e9.
+	cfg.CPUS = float32(float64(l.NanoCPUs) / 1e9)
+}
+
+// serviceCaps returns the capabilities a service container gets back after
+// dropping them all: exactly the catalog's cap_add. Docker's default set
+// (which includes NET_RAW, MKNOD, SETFCAP, DAC_OVERRIDE, ...) is never
+// given implicitly: a decoy faces attackers, and what it needs is declared
+// in the catalog, where package desired checks it against its allowlist.
+// NET_RAW (raw sockets, ARP spoofing of the real LAN the decky is bridged
+// onto) needs a reason in the catalog; NET_ADMIN is the base's alone.
+// desired refuses both cases already; rendering refuses them again, so a
+// catalog that slipped through fails its deckies rather than arm them.
+func serviceCaps(svc *desired.Service) ([]string, error) {
+	var caps []string
+	seen := map[string]bool{}
+	for _, c := range svc.CapAdd {
+		c = strings.TrimPrefix(strings.ToUpper(c), "CAP_")
+		switch {
+		case seen[c]:
+			continue
+		case c == "NET_ADMIN" || c == "ALL":
+			return nil, fmt.Errorf("service %q: capability %s is not allowed in a service container (NET_ADMIN is the decky base's alone)", svc.Name, c)
+		case c == "NET_RAW" && netRawReason(svc) == "":
+			return nil, fmt.Errorf("service %q: capability NET_RAW needs a reason in the catalog", svc.Name)
+		}
+		seen[c] = true
+		caps = append(caps, c)
+	}
+	sort.Strings(caps)
+	return caps, nil
+}
+
+// sortedPorts returns the ports in number then protocol order.
+func sortedPorts(ps []desired.Port) []desired.Port {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := append([]desired.Port(nil), ps...)
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Number != out[j].Number {
+			return out[i].Number < out[j].Number
+		}
+		return out[i].Proto < out[j].Proto
+	})
+	return out
+}
+
+// PortText is a port as written in reports and errors: "22/tcp".
+func PortText(p desired.Port) string { return fmt.Sprintf("%d/%s", p.Number, p.Proto) }
+
+// PortsText is the value of LabelPorts: "22/tcp,53/udp".
+func PortsText(ps []desired.Port) string {
+	parts := make([]string, len(ps))
+	for i, p := range ps {
+		parts[i] = PortText(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+// ParsePortsLabel reads LabelPorts back (status reporting of running
+// containers); malformed entries are skipped.
+func ParsePortsLabel(v string) []desired.Port {
+	var out []desired.Port
+	for _, f := range strings.Split(v, ",") {
+		num, proto, ok := strings.Cut(strings.TrimSpace(f), "/")
+		n, err := strconv.ParseUint(num, 10, 16)
+		if !ok || err != nil || n == 0 || (proto != "tcp" && proto != "udp") {
+			continue
+		}
+		out = append(out, desired.Port{Number: uint16(n), Proto: proto})
+	}
+	return out
+}

@@ -19,7 +19,7 @@ services:
   ssh:
     image: "decoys/ssh:1"
     ports: [22]
-    cap_add: [NET_BIND_SERVICE, NET_RAW]
+    cap_add: [NET_BIND_SERVICE, SETUID]
     config:
       banner: {type: string, env: DECOY_BANNER}
       password: {type: password, env: SSH_ROOT_PASSWORD, default: admin}
@@ -108,7 +108,7 @@ func TestRenderShape(t *testing.T) {
 	if *s.Environment["DECOY_BANNER"] != "SSH-2.0-OpenSSH_8.9" || *s.Environment["SSH_ROOT_PASSWORD"] != "toor" || *s.Environment["NODE_NAME"] != "d1" {
 		t.Errorf("service env: %v", s.Environment)
 	}
-	if strings.Join(s.CapAdd, ",") != "NET_BIND_SERVICE,NET_RAW" {
+	if strings.Join(s.CapAdd, ",") != "NET_BIND_SERVICE,SETUID" {
 		t.Errorf("service caps: %v", s.CapAdd)
 	}
 	if http := d.Services[0].Config; !strings.HasPrefix(http.Image, "pull-agent/svc-http:") {
@@ -161,6 +161,10 @@ func TestHashesFollowNormalizedInputsOnly(t *testing.T) {
 			nil, []string{"d1", "d1/base", "d2", "d2/base"}},
 		{"nmap_os changes the base's sysctls",
 			fleetYAML, strings.Replace(hostYAML, "nmap_os: windows", "nmap_os: bsd", 1), tree1, testNet, nil, []string{"d1", "d1/base"}},
+		{"a service's declared ports change that service only",
+			strings.Replace(fleetYAML, "ports: [22]", "ports: [22, 2222]", 1), hostYAML, tree1, testNet, nil, []string{"d1", "d1/ssh", "d2", "d2/ssh"}},
+		{"a service's capabilities change that service only",
+			strings.Replace(fleetYAML, "cap_add: [NET_BIND_SERVICE, SETUID]", "cap_add: [NET_BIND_SERVICE]", 1), hostYAML, tree1, testNet, nil, []string{"d1", "d1/ssh", "d2", "d2/ssh"}},
 		{"an unrelated decky's change leaves the other alone",
 			fleetYAML, strings.Replace(hostYAML, "services: [ssh]\n", "services: [ssh, http]\n", 1), tree1, testNet, nil, []string{"d2"}},
 	}
@@ -177,5 +181,113 @@ func TestHashesFollowNormalizedInputsOnly(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRenderSafeByConstruction shows what every decky container gets
+// whatever the catalog says: all capabilities dropped and only the
+// declared ones given back (NET_ADMIN to the base alone), no new
+// privileges, pids/memory/CPU limits; and the declared ports carried in a
+// label, never published.
+func TestRenderSafeByConstruction(t *testing.T) {
+	d := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)["d1"]
+	b := d.Base.Config
+	if strings.Join(b.CapDrop, ",") != "ALL" || strings.Join(b.CapAdd, ",") != "NET_ADMIN" {
+		t.Errorf("base caps: drop %v add %v, want drop ALL add NET_ADMIN", b.CapDrop, b.CapAdd)
+	}
+	if strings.Join(b.SecurityOpt, ",") != "no-new-privileges:true" {
+		t.Errorf("base security_opt: %v", b.SecurityOpt)
+	}
+	if b.PidsLimit != BaseLimits.Pids || int64(b.MemLimit) != BaseLimits.MemoryBytes || int64(b.MemSwapLimit) != BaseLimits.MemoryBytes || int64(b.CPUS*1e9) != BaseLimits.NanoCPUs {
+		t.Errorf("base limits: pids %d mem %d swap %d cpus %v", b.PidsLimit, b.MemLimit, b.MemSwapLimit, b.CPUS)
+	}
+	if b.Labels[engine.LabelPorts] != "" || len(b.Ports) != 0 || len(b.Expose) != 0 {
+		t.Errorf("base carries ports: %v %v %v", b.Labels[engine.LabelPorts], b.Ports, b.Expose)
+	}
+	for _, c := range d.Services {
+		s := c.Config
+		if strings.Join(s.CapDrop, ",") != "ALL" {
+			t.Errorf("%s: cap_drop %v, want ALL", c.Name, s.CapDrop)
+		}
+		for _, cp := range s.CapAdd {
+			if cp == "NET_ADMIN" || cp == "NET_RAW" {
+				t.Errorf("%s: holds %s", c.Name, cp)
+			}
+		}
+		if strings.Join(s.SecurityOpt, ",") != "no-new-privileges:true" {
+			t.Errorf("%s: security_opt %v", c.Name, s.SecurityOpt)
+		}
+		if s.PidsLimit != 256 || s.MemLimit != 256<<20 || s.MemSwapLimit != 256<<20 || int64(s.CPUS*1e9) != 1_000_000_000 {
+			t.Errorf("%s: limits pids %d mem %d swap %d cpus %v, want the catalog defaults", c.Name, s.PidsLimit, s.MemLimit, s.MemSwapLimit, s.CPUS)
+		}
+		if len(s.Ports) != 0 || len(s.Expose) != 0 {
+			t.Errorf("%s: ports published or exposed: %v %v", c.Name, s.Ports, s.Expose)
+		}
+		if s.ReadOnly || len(s.Tmpfs) != 0 {
+			t.Errorf("%s: read-only without read_only: in the catalog", c.Name)
+		}
+		if !c.Check {
+			t.Errorf("%s: LAN check off by default", c.Name)
+		}
+	}
+	ssh := d.Services[1]
+	if ssh.Config.Labels[engine.LabelPorts] != "22/tcp" || PortsText(ssh.Ports) != "22/tcp" {
+		t.Errorf("ssh ports: label %q, spec %v", ssh.Config.Labels[engine.LabelPorts], ssh.Ports)
+	}
+	if http := d.Services[0]; http.Config.Labels[engine.LabelPorts] != "" || len(http.Ports) != 0 {
+		t.Errorf("http declares no ports but carries %v", http.Ports)
+	}
+}
+
+func TestRenderRefusesUnsafeCapabilities(t *testing.T) {
+	tests := []struct {
+		name, caps, want string
+	}{
+		{"NET_ADMIN in a service", "NET_ADMIN", "NET_ADMIN is the decky base's alone"},
+		{"NET_RAW without a reason", "NET_RAW", "NET_RAW needs a reason"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := desired.Load(fstest.MapFS{
+				"fleet.yaml": {Data: []byte(fleetYAML)}, "hosts/w.yaml": {Data: []byte(hostYAML)},
+				"services/http/Dockerfile": {Data: []byte("FROM scratch\n")},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// desired refuses these at load; rendering must refuse them
+			// again if a catalog ever slips through.
+			f.Services["ssh"].CapAdd = []string{"NET_BIND_SERVICE", tt.caps}
+			h := f.Hosts["w"]
+			imgs, err := ResolveImages(t.Context(), f, h, tree1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs, errs := Render(RenderInput{Owner: "w", Project: "decnet", Fleet: f, Host: h, Network: testNet, Images: imgs,
+				Addresses: map[string]relocalize.Assignment{
+					"d1": {IP: netip.MustParseAddr("198.51.100.10")},
+					"d2": {IP: netip.MustParseAddr("198.51.100.11")},
+				}})
+			if len(specs) != 0 || len(errs) != 2 {
+				t.Fatalf("rendered %d deckies, %d errors; want both deckies (they run ssh) refused", len(specs), len(errs))
+			}
+			for n, err := range errs {
+				if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), `"ssh"`) {
+					t.Errorf("%s: %v, want it to name the service and say %q", n, err, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestPortsLabelRoundTrip(t *testing.T) {
+	ps := []desired.Port{{Number: 22, Proto: "tcp"}, {Number: 53, Proto: "tcp"}, {Number: 53, Proto: "udp"}}
+	txt := PortsText(ps)
+	if txt != "22/tcp,53/tcp,53/udp" {
+		t.Fatalf("PortsText = %q", txt)
+	}
+	back := ParsePortsLabel(txt + ",bogus,0/tcp,80/sctp")
+	if PortsText(back) != txt {
+		t.Errorf("ParsePortsLabel = %v", back)
 	}
 }

@@ -12,6 +12,11 @@ const (
 	LabelHash = "io.pull-agent.hash"
 	// LabelNetworkSpec is the hash of a network's settings.
 	LabelNetworkSpec = "io.pull-agent.network-spec"
+	// LabelPorts lists a service container's declared ports, "22/tcp,53/udp".
+	// They are never published on the worker (the decky holds its own LAN
+	// address); the label makes them part of the container's hash and lets
+	// status report them from the Engine alone.
+	LabelPorts = "io.pull-agent.ports"
 
 	LabelDecky       = "decnet.fleet.decky"
 	LabelService     = "decnet.fleet.service" // "true" on service containers
