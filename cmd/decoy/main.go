@@ -16,6 +16,16 @@
 //	DECOY_PROTO   ssh|http|ftp|smtp|telnet|generic (default generic)
 //	DECOY_BANNER  banner line; protocol default when empty
 //	HOSTNAME      used in SMTP/FTP greetings
+//
+// To let the end-to-end tests see what a decoy really holds (not only what
+// the Engine was asked for), serve first writes one line to stderr with
+// the process's effective capabilities and no-new-privileges flag, as the
+// kernel reports them in /proc/self/status:
+//
+//	decoy: privileges CapEff=00000000a80425fb NoNewPrivs=1
+//
+// To test the LAN check, DECOY_PORTS may differ from the ports the
+// catalog declares (a service declaring 22 that listens on 2222).
 package main
 
 import (
@@ -57,6 +67,7 @@ func run(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "decoy: exiting with status %d as configured\n", code)
 		return code
 	case "serve":
+		fmt.Fprintf(os.Stderr, "decoy: privileges %s\n", privileges())
 		if err := serve(ctx, persona{
 			ports:    os.Getenv("DECOY_PORTS"),
 			proto:    os.Getenv("DECOY_PROTO"),
@@ -71,6 +82,22 @@ func run(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "decoy: unknown mode %q (want hold, serve or exit)\n", mode)
 		return 2
 	}
+}
+
+// privileges returns the CapEff and NoNewPrivs lines of /proc/self/status.
+func privileges() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (k == "CapEff" || k == "NoNewPrivs") {
+			out = append(out, k+"="+strings.TrimSpace(v))
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 type persona struct {
