@@ -24,8 +24,15 @@ type Snapshot struct {
 	When    time.Time // committer time
 	Fetched bool      // objects were transferred in this call
 	Signer  string    // who signed the commit, when signatures are checked
-	tree    *object.Tree
-	commit  *object.Commit
+	// Verified says what was verified: VerifiedNone ("none") when no
+	// trust roots are configured, else the signer of the commit, as
+	// "ssh:<principals> <SHA256 key fingerprint>" or
+	// "openpgp:<primary user id> <key id>". Never empty.
+	Verified string
+	tree     *object.Tree
+	commit   *object.Commit
+	trustFP  string // trust roots the kept clone was verified under
+
 }
 
 var (

@@ -49,10 +49,11 @@ type Options struct {
 	// commit's signature mandatory.
 	Trust TrustOptions
 	// AllowRollback accepts a commit that does not descend from the last
-	// applied one (operator override after a deliberate force-push).
+	// applied one (operator override after a deliberate force-push). It
+	// is the only thing that lowers the anti-rollback floor.
 	AllowRollback bool
-	// MaxHistory bounds how many commits are searched for the last
-	// applied one. Default 4096.
+	// MaxHistory bounds how deep the clone is made to find the last
+	// applied commit and every commit new since it. Default 4096.
 	MaxHistory int
 }
 
@@ -62,6 +63,7 @@ type Syncer struct {
 	opt     Options
 	log     *slog.Logger
 	trust   *verifier
+	trustFP string           // fingerprint of the trust roots, VerifiedNone without
 	snap    *Snapshot        // the clone currently held, nil until opened
 	refused map[string]error // target+applied -> refusal, not fetched again
 	auth    map[string]transport.AuthMethod
@@ -100,7 +102,14 @@ func New(opt Options, log *slog.Logger) (*Syncer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Syncer{opt: opt, log: log.With("component", "sync"), trust: v, refused: map[string]error{}, auth: map[string]transport.AuthMethod{}}
+	fp, err := trustFingerprint(opt.Trust)
+	if err != nil {
+		return nil, err
+	}
+	s := &Syncer{opt: opt, log: log.With("component", "sync"), trust: v, trustFP: fp, refused: map[string]error{}, auth: map[string]transport.AuthMethod{}}
+	if v == nil {
+		s.log.Warn("no trust roots configured: commits of the fleet repository are applied without any signature verification (verified: none)")
+	}
 	for _, r := range opt.Remotes {
 		a, err := opt.Credentials.authFor(r)
 		if err != nil {
@@ -132,10 +141,15 @@ func (s *Syncer) scrub(err error) string {
 
 // Sync returns the snapshot of the commit to apply (the ref's head, or the
 // pinned commit), fetching only when it differs from the one held locally.
-// applied is the last commit applied on this worker ("" for none): a
-// target that does not descend from it is refused (anti-rollback) unless
-// AllowRollback, and with trust roots every commit after it must be signed
-// by a trusted key. A refusal is a *RefusedError.
+//
+// applied is the last commit applied on this worker. It is the
+// anti-rollback floor: a target that does not descend from it is refused
+// unless AllowRollback. When applied is "" (no state: deleted, a new state
+// directory), the commit of the kept clone is the floor instead, since it
+// was fetched and verified by an earlier pass. With trust roots, every
+// commit reachable from the target and not from the floor must be signed
+// by a trusted key (the target alone when there is no floor). A refusal is
+// a *RefusedError.
 func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	if s.snap == nil {
 		s.snap = s.openLocal()
@@ -148,16 +162,20 @@ func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	if s.opt.Pin != "" {
 		target = plumbing.NewHash(s.opt.Pin)
 	}
-	if s.snap != nil && s.snap.Commit == target.String() {
+	floor := applied
+	if floor == "" && s.snap != nil {
+		floor = s.snap.Commit
+	}
+	if s.snap != nil && s.snap.Commit == target.String() && s.keptStillTrusted(ctx) {
 		snap := *s.snap
 		snap.Remote, snap.Fetched = Redact(remote), false
 		return &snap, nil
 	}
-	key := target.String() + "\x00" + applied
+	key := target.String() + "\x00" + floor
 	if err := s.refused[key]; err != nil {
 		return nil, err // the same commit again: no need to fetch it to refuse it
 	}
-	snap, err := s.fetch(ctx, remote, head, target, applied)
+	snap, err := s.fetch(ctx, remote, target, floor)
 	var re *RefusedError
 	if errors.As(err, &re) {
 		s.refused[key] = err
@@ -167,6 +185,37 @@ func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	}
 	s.snap = snap
 	return snap, nil
+}
+
+// keptStillTrusted reports whether the kept clone's commit may be served
+// without fetching: it was verified under the trust roots configured now.
+// After a change of roots (including none -> some) it must be verified
+// again, by the fetch path, before anything is applied.
+func (s *Syncer) keptStillTrusted(ctx context.Context) bool {
+	k := s.snap
+	if s.trust == nil {
+		if k.trustFP != s.trustFP {
+			_ = writeTrustFile(s.cloneDir(), s.trustFP)
+			k.trustFP = s.trustFP
+		}
+		k.Signer, k.Verified = "", VerifiedNone
+		return true
+	}
+	if k.trustFP != s.trustFP {
+		s.log.WarnContext(ctx, "the trust roots changed since the kept commit was verified; verifying it again before anything is applied",
+			"commit", k.Commit)
+		return false
+	}
+	if k.Verified == "" || k.Verified == VerifiedNone {
+		// Opened from disk: name its signer (one signature check, once).
+		who, err := s.trust.verify(k.commit)
+		if err != nil {
+			s.log.WarnContext(ctx, "the kept commit no longer verifies; verifying it again from the remote", "commit", k.Commit, "err", err)
+			return false
+		}
+		k.Signer, k.Verified = who, who
+	}
+	return true
 }
 
 // Local returns the snapshot held on disk without asking any remote, or
@@ -228,32 +277,42 @@ func (s *Syncer) lsRemote(ctx context.Context, url string) (plumbing.Hash, error
 	return plumbing.ZeroHash, fmt.Errorf("%w: %s has no %s", ErrRefNotFound, Redact(url), want)
 }
 
-// fetch clones the ref into a temporary directory (deep enough to find the
-// pinned and the last applied commit), checks ancestry and signatures, and
-// only then swaps the clone in.
-func (s *Syncer) fetch(ctx context.Context, url string, head, target plumbing.Hash, applied string) (*Snapshot, error) {
-	needHistory := s.opt.Pin != "" || (applied != "" && applied != target.String() && (s.trust != nil || !s.opt.AllowRollback))
+// fetch clones the ref into a temporary directory, deep enough to find the
+// pinned commit, the floor and every commit new since the floor; checks
+// ancestry and signatures, and only then swaps the clone in.
+func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, floor string) (*Snapshot, error) {
+	needHistory := s.opt.Pin != "" || (floor != "" && floor != target.String() && (s.trust != nil || !s.opt.AllowRollback))
 	depth := 1
 	if needHistory {
-		depth = 16
+		depth = min(16, s.opt.MaxHistory)
 	}
 	start := time.Now()
 	for {
 		tmp, repo, err := s.cloneInto(ctx, url, depth)
 		if err != nil {
+			if depth > 1 {
+				return nil, fmt.Errorf("fetching %d commits of history to establish which commits are new: %w", depth, err)
+			}
 			return nil, err
 		}
-		h, err := s.check(repo, target, applied, depth)
-		if errors.Is(err, errDeeper) && depth < s.opt.MaxHistory {
+		last := depth >= s.opt.MaxHistory
+		h, err := s.check(repo, target, floor, last)
+		var deeper *needDeeper
+		if errors.As(err, &deeper) && !last {
 			os.RemoveAll(tmp)
 			depth = min(depth*8, s.opt.MaxHistory)
-			s.log.DebugContext(ctx, "deepening the clone to find history", "depth", depth)
+			s.log.DebugContext(ctx, "deepening the clone", "depth", depth, "why", deeper.why)
 			continue
 		}
-		if errors.Is(err, errDeeper) {
-			err = &RefusedError{Commit: target.String(), Reason: fmt.Sprintf("the last applied commit %s is not among the %d newest commits of %s; the history was rewritten or is too long (set --allow-rollback to accept)", shortHash(applied), depth, s.opt.Ref)}
+		if errors.As(err, &deeper) {
+			err = &RefusedError{Commit: target.String(), Err: ErrIncompleteHistory,
+				Reason: fmt.Sprintf("%s within the %d newest commits of %s; the history was rewritten or is longer than the agent searches (set --allow-rollback to accept a rewrite)", deeper.why, depth, s.opt.Ref)}
 		}
 		if err != nil {
+			os.RemoveAll(tmp)
+			return nil, err
+		}
+		if err := writeTrustFile(tmp, s.trustFP); err != nil {
 			os.RemoveAll(tmp)
 			return nil, err
 		}
@@ -262,22 +321,43 @@ func (s *Syncer) fetch(ctx context.Context, url string, head, target plumbing.Ha
 			os.RemoveAll(tmp)
 			return nil, err
 		}
-		snap.Remote, snap.Fetched, snap.Signer = Redact(url), true, h.signer
+		snap.Remote, snap.Fetched, snap.Signer, snap.Verified = Redact(url), true, h.signer, h.signer
+		if s.trust == nil {
+			snap.Verified = VerifiedNone
+			s.log.WarnContext(ctx, "fetched a new commit of the fleet repository without signature verification: no trust roots configured",
+				"commit", snap.Commit, "new_commits", h.newCommits, "verified", VerifiedNone)
+		}
 		s.log.InfoContext(ctx, "fetched fleet repository", "remote", Redact(url), "commit", snap.Commit,
-			"new_commits", h.newCommits, "signed_by", h.signer, "took", time.Since(start).Round(time.Millisecond))
+			"new_commits", h.newCommits, "verified", snap.Verified, "depth", depth, "took", time.Since(start).Round(time.Millisecond))
 		return snap, nil
 	}
 }
 
-var errDeeper = errors.New("history not deep enough")
+// needDeeper is check's answer when the clone does not hold enough
+// history to decide; why says what could not be established.
+type needDeeper struct{ why string }
+
+func (e *needDeeper) Error() string { return e.why }
 
 type checked struct {
 	newCommits int
 	signer     string
 }
 
-// check decides whether target may be applied after applied.
-func (s *Syncer) check(repo *git.Repository, target plumbing.Hash, applied string, depth int) (checked, error) {
+// check decides whether target may be applied after floor, on a clone
+// that may be shallow. last says the clone is as deep as it will get.
+//
+// The commits to verify are exactly those reachable from target and not
+// from floor. On a shallow clone that set is computed as V: the walk from
+// target that stops at the commits the floor's own walk reached. V is
+// exact, or may be too large, but is never too small, once the target's
+// walk never ran into the clone's edge: any truly new commit lies on a
+// path of new commits from target, which the walk follows. V is too large
+// only when the floor's walk ran into the edge (it may miss that the floor
+// contains some of V). So: an incomplete target walk means deepen; a
+// commit of V that fails verification refuses only when the floor's walk
+// was complete, and otherwise means deepen too.
+func (s *Syncer) check(repo *git.Repository, target plumbing.Hash, floor string, last bool) (checked, error) {
 	var res checked
 	headRef, err := repo.Reference(s.refName(), true)
 	if err != nil {
@@ -291,32 +371,42 @@ func (s *Syncer) check(repo *git.Repository, target plumbing.Hash, applied strin
 		_, found, complete := walk(repo, head, target, nil)
 		switch {
 		case !found && !complete:
-			return res, errDeeper
+			return res, &needDeeper{fmt.Sprintf("the pinned commit was not found in the history of %s", s.opt.Ref)}
 		case !found:
-			return res, &RefusedError{Commit: target.String(), Reason: fmt.Sprintf("the pinned commit is not in the history of %s", s.opt.Ref)}
+			return res, &RefusedError{Commit: target.String(), Err: ErrNotInHistory, Reason: fmt.Sprintf("the pinned commit is not in the history of %s", s.opt.Ref)}
 		}
 	}
 	toVerify := []plumbing.Hash{target}
-	if applied != "" && applied != target.String() && (s.trust != nil || !s.opt.AllowRollback) {
-		appliedHash := plumbing.NewHash(applied)
-		stop := map[plumbing.Hash]bool{}
-		if _, err := repo.CommitObject(appliedHash); err == nil {
-			// Commits the applied one already contains are not new.
-			visited, _, _ := walk(repo, appliedHash, plumbing.ZeroHash, nil)
-			for _, h := range visited {
-				stop[h] = true
-			}
+	exact := true
+	if floor != "" && floor != target.String() && (s.trust != nil || !s.opt.AllowRollback) {
+		floorHash := plumbing.NewHash(floor)
+		// Commits the floor already contains are not new.
+		contained, _, floorComplete := walk(repo, floorHash, plumbing.ZeroHash, nil)
+		stop := make(map[plumbing.Hash]bool, len(contained))
+		for _, h := range contained {
+			stop[h] = true
 		}
-		visited, found, complete := walk(repo, target, appliedHash, stop)
+		visited, found, complete := walk(repo, target, floorHash, stop)
+		rollback := false
 		switch {
+		case found && complete:
+			toVerify, exact = visited, floorComplete
+		case found && s.trust == nil:
+			toVerify = visited // ancestry is proven; the count is only logged
 		case found:
-			toVerify = visited
-		case !complete:
-			return res, errDeeper
-		case s.opt.AllowRollback:
-			s.log.Warn("applying a commit that does not descend from the last applied one, as --allow-rollback says", "commit", target.String(), "applied", applied)
+			return res, &needDeeper{fmt.Sprintf("the commits new since %s could not all be found", shortHash(floor))}
+		case complete:
+			rollback = true // the target's whole history was seen: exact
+		case last && s.opt.AllowRollback:
+			rollback = true
 		default:
-			return res, &RefusedError{Commit: target.String(), Reason: fmt.Sprintf("it does not descend from the last applied commit %s (force-push, stale mirror or replayed commit); set --allow-rollback to accept it", shortHash(applied))}
+			return res, &needDeeper{fmt.Sprintf("the last applied commit %s was not found", shortHash(floor))}
+		}
+		if rollback && !s.opt.AllowRollback {
+			return res, &RefusedError{Commit: target.String(), Err: ErrRollback, Reason: fmt.Sprintf("it does not descend from the last applied commit %s (force-push, stale mirror or replayed commit); set --allow-rollback to accept it", shortHash(floor))}
+		}
+		if rollback {
+			s.log.Warn("applying a commit that does not descend from the last applied one, as --allow-rollback says; only it is verified", "commit", target.String(), "applied", floor)
 		}
 	}
 	res.newCommits = len(toVerify)
@@ -332,9 +422,12 @@ func (s *Syncer) check(repo *git.Repository, target plumbing.Hash, applied strin
 		if err != nil {
 			reason := err.Error() // "it is not signed", ...
 			if h != target {
-				reason = fmt.Sprintf("commit %s (one of the %d new since %s) %s", shortHash(h.String()), len(toVerify), shortHash(applied), strings.TrimPrefix(reason, "it "))
+				reason = fmt.Sprintf("commit %s (one of the %d new since %s) %s", shortHash(h.String()), len(toVerify), shortHash(floor), strings.TrimPrefix(reason, "it "))
 			}
-			return res, &RefusedError{Commit: target.String(), Reason: reason}
+			if !exact {
+				return res, &needDeeper{fmt.Sprintf("%s; whether the last applied commit %s already contains it (then it is not new) could not be established", reason, shortHash(floor))}
+			}
+			return res, &RefusedError{Commit: target.String(), Err: ErrUnverified, Reason: reason}
 		}
 		if h == target {
 			res.signer = who
@@ -346,7 +439,8 @@ func (s *Syncer) check(repo *git.Repository, target plumbing.Hash, applied strin
 // walk searches breadth-first from `from` through parents for `want`,
 // not expanding commits in stop. It returns the commits visited (want and
 // stop commits excluded), whether want was found, and whether the search
-// was complete (it never ran into the shallow clone's edge).
+// was complete (it never ran into the shallow clone's edge: a parent whose
+// object is not in the clone).
 func walk(repo *git.Repository, from, want plumbing.Hash, stop map[plumbing.Hash]bool) ([]plumbing.Hash, bool, bool) {
 	seen := map[plumbing.Hash]bool{from: true}
 	queue := []plumbing.Hash{from}
@@ -451,6 +545,24 @@ func (s *Syncer) swapIn(tmp string, target plumbing.Hash) (*Snapshot, error) {
 // appliedRef names, inside the local clone, the commit the snapshot is of.
 const appliedRef = plumbing.ReferenceName("refs/pull-agent/target")
 
+// trustFile, inside the local clone's git directory, holds the fingerprint
+// of the trust roots its commit was verified under. It moves with the
+// clone (swapIn renames the whole directory), so it never describes
+// another commit.
+const trustFile = "pull-agent-trust"
+
+func writeTrustFile(gitDir, fp string) error {
+	return os.WriteFile(filepath.Join(gitDir, trustFile), []byte(fp+"\n"), 0o600)
+}
+
+func readTrustFile(gitDir string) string {
+	b, err := os.ReadFile(filepath.Join(gitDir, trustFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // openLocal opens and fully verifies the clone on disk. A clone that is
 // missing objects, half-written or otherwise unreadable is removed (and
 // logged), so the next Sync clones afresh.
@@ -474,6 +586,7 @@ func (s *Syncer) openLocal() *Snapshot {
 			return nil, err
 		}
 		snap.Ref = s.opt.Ref
+		snap.trustFP = readTrustFile(dir)
 		return snap, snap.verify()
 	}()
 	if err != nil {

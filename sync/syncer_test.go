@@ -177,13 +177,23 @@ func TestCredentialsNeverLogged(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	secret := "s3cr3t-token-value"
-	s := newSyncer(t, log, fleetsync.Options{Remotes: []string{"http://oauth2:" + secret + "@127.0.0.1:1/fleet.git"}})
-	_, err := s.Sync(context.Background(), "")
+	// A token over plain http is refused before anything is sent.
+	_, err := fleetsync.New(fleetsync.Options{Remotes: []string{"http://127.0.0.1:1/fleet.git"}, Dir: t.TempDir(),
+		Credentials: fleetsync.Credentials{Password: secret}}, log)
 	if err == nil {
+		t.Fatal("want a refusal of a token over http://")
+	}
+	// Over https to a dead remote, the token stays out of errors and logs.
+	s := newSyncer(t, log, fleetsync.Options{Remotes: []string{"https://127.0.0.1:1/fleet.git"},
+		Credentials: fleetsync.Credentials{Password: secret}})
+	_, err2 := s.Sync(context.Background(), "")
+	if err2 == nil {
 		t.Fatal("want an error from a dead remote")
 	}
-	if strings.Contains(err.Error(), secret) || strings.Contains(logs.String(), secret) {
-		t.Fatalf("token leaked:\nerr: %v\nlogs: %s", err, logs.String())
+	for _, text := range []string{err.Error(), err2.Error(), logs.String()} {
+		if strings.Contains(text, secret) {
+			t.Fatalf("token leaked: %s", text)
+		}
 	}
 }
 
@@ -221,19 +231,33 @@ func TestSnapshotContextHashAndMaterialize(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
-		"https://user:tok@example.org/fleet.git":  "https://***@example.org/fleet.git",
-		"https://ghp_token@example.org/fleet.git": "https://***@example.org/fleet.git",
-		"ssh://git@example.org/fleet.git":         "ssh://git@example.org/fleet.git",
-		"ssh://git:pw@example.org/fleet.git":      "ssh://***@example.org/fleet.git",
-		"git@example.org:ops/fleet.git":           "git@example.org:ops/fleet.git",
-		"/srv/mirror/fleet.git":                   "/srv/mirror/fleet.git",
-		"file:///srv/mirror/fleet.git":            "file:///srv/mirror/fleet.git",
+		"https://user:tok@example.org/fleet.git":       "https://***@example.org/fleet.git",
+		"https://ghp_token@example.org/fleet.git":      "https://***@example.org/fleet.git",
+		"https://user:tok%zz@example.org/fleet.git":    "https://***@example.org/fleet.git",
+		"https://user:pa/ss@example.org/fleet.git":     "https://***@example.org/fleet.git",
+		"https://user:p@ss/w%rd@example.org/fleet.git": "https://***@example.org/fleet.git",
+		"HTTPS://user:tok@example.org/fleet.git":       "HTTPS://***@example.org/fleet.git",
+		"ssh://git@example.org/fleet.git":              "ssh://git@example.org/fleet.git",
+		"ssh://git:pw@example.org/fleet.git":           "ssh://***@example.org/fleet.git",
+		"ssh://git:p/w@example.org/fleet.git":          "ssh://***@example.org/fleet.git",
+		"git@example.org:ops/fleet.git":                "git@example.org:ops/fleet.git",
+		"/srv/mirror/fleet.git":                        "/srv/mirror/fleet.git",
+		"file:///srv/mirror/fleet.git":                 "file:///srv/mirror/fleet.git",
+		"https://example.org/fleet.git":                "https://example.org/fleet.git",
 	} {
 		if got := fleetsync.Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if got := fleetsync.RedactText(`Get "https://u:secret@h/x": failed`, "secret"); strings.Contains(got, "secret") {
-		t.Errorf("RedactText left the secret: %s", got)
+	for _, tt := range []struct{ in, secret, want string }{
+		{`Get "https://u:secret@h/x": failed`, "", `Get "https://***@h/x": failed`},
+		{`Get "https://u:tok%zz@h/x": invalid URL escape "%zz"`, "", `Get "https://***@h/x": invalid URL escape "%zz"`},
+		{`clone https://u:pa/ss@h/x failed; retry http://v:q/r@h2/y`, "", `clone https://***@h/x failed; retry http://***@h2/y`},
+		{`auth failed for token abcd1234`, "abcd1234", `auth failed for token ***`},
+		{`plain text, no URL`, "", `plain text, no URL`},
+	} {
+		if got := fleetsync.RedactText(tt.in, tt.secret); got != tt.want {
+			t.Errorf("RedactText(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

@@ -96,7 +96,7 @@ func TestSignedCommits(t *testing.T) {
 			repo.Commit("signed by an intruder")
 			_, err = newS().Sync(ctx, c3)
 			refused(t, err, "it")
-			if !strings.Contains(err.Error(), "not an allowed signer") && !strings.Contains(err.Error(), "not by a trusted key") {
+			if !strings.Contains(err.Error(), "not an allowed signer") && !strings.Contains(err.Error(), "not by a trusted, valid key") {
 				t.Fatalf("want an untrusted-signer refusal, got %v", err)
 			}
 		})
@@ -177,12 +177,12 @@ func TestTokenAuthAndNoTokenInLogs(t *testing.T) {
 	if err != nil || snap.Commit != head {
 		t.Fatalf("token auth: %v", err)
 	}
-	// A token in the URL is redacted too.
+	// A token in the URL is refused at start, without echoing it.
 	withURL := strings.Replace(url, "https://", "https://x-access-token:"+token+"@", 1) + "/fleet.git"
-	s = newSyncer(t, log, fleetsync.Options{Remotes: []string{withURL, "http://127.0.0.1:1/x.git"}, CABundle: ca})
-	snapURL, errURL := s.Sync(ctx, "")
-	if errURL == nil && strings.Contains(snapURL.Remote, token) {
-		t.Fatalf("token in the snapshot's remote: %s", snapURL.Remote)
+	_, errURL := fleetsync.New(fleetsync.Options{Remotes: []string{withURL}, Dir: t.TempDir(), CABundle: ca}, log)
+	var ue *fleetsync.CredentialsInURLError
+	if !errors.As(errURL, &ue) {
+		t.Fatalf("a token in the URL was not refused: %v", errURL)
 	}
 	for _, text := range []string{logs.String(), errNoAuth.Error(), errWrong.Error(), snap.Remote, errString(errURL)} {
 		if strings.Contains(text, token) {
@@ -206,9 +206,18 @@ func TestSSHStrictHostKeys(t *testing.T) {
 	ctx := context.Background()
 	creds := fleetsync.Credentials{SSHKeyFile: srv.ClientKey, SSHKnownHostsFile: srv.KnownHosts}
 
+	// The server offers ed25519 and ECDSA host keys; known_hosts holding
+	// either one alone is enough, as with OpenSSH.
 	snap, err := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{srv.URL("fleet.git")}, Credentials: creds}).Sync(ctx, "")
 	if err != nil || snap.Commit != head {
-		t.Fatalf("ssh clone with a known host key: %v", err)
+		t.Fatalf("ssh clone with only the ed25519 host key in known_hosts: %v", err)
+	}
+	ecdsaOnly := filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(ecdsaOnly, []byte(srv.KnownHostsLine(srv.ECDSAHostKey)), 0o600)
+	snap, err = newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{srv.URL("fleet.git")},
+		Credentials: fleetsync.Credentials{SSHKeyFile: srv.ClientKey, SSHKnownHostsFile: ecdsaOnly}}).Sync(ctx, "")
+	if err != nil || snap.Commit != head {
+		t.Fatalf("ssh clone with only the ECDSA host key in known_hosts: %v", err)
 	}
 
 	// Unknown host: an empty known_hosts file.
@@ -231,6 +240,15 @@ func TestSSHStrictHostKeys(t *testing.T) {
 	_, err = newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{srv.URL("fleet.git")}, Credentials: creds}).Sync(ctx, "")
 	if err == nil || !strings.Contains(err.Error(), "CHANGED") {
 		t.Fatalf("a changed host key must be refused, got %v", err)
+	}
+	// A wrong ECDSA key alone is refused too (not silently matched by the
+	// genuine ed25519 key the server also has).
+	wrongECDSA := filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(wrongECDSA, []byte(srv.KnownHostsLine(other.ECDSAHostKey)), 0o600)
+	creds.SSHKnownHostsFile = wrongECDSA
+	_, err = newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{srv.URL("fleet.git")}, Credentials: creds}).Sync(ctx, "")
+	if err == nil || !strings.Contains(err.Error(), "CHANGED") {
+		t.Fatalf("a wrong ECDSA host key must be refused, got %v", err)
 	}
 
 	// Without a known_hosts file SSH is not even attempted.

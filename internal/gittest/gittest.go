@@ -52,9 +52,12 @@ func GitEnv(t testing.TB, dir string, env []string, args ...string) string {
 type Repo struct {
 	Work string // working tree
 	Bare string // bare repository operators push to; serve this
-	// Signer, when set, signs every commit made with Commit.
+	// Signer, when set, signs every commit made with Commit and Merge.
 	Signer *Signer
-	t      testing.TB
+	// Env is extra environment for Commit and Merge, such as
+	// GIT_COMMITTER_DATE for a commit made at a given time.
+	Env []string
+	t   testing.TB
 }
 
 // New creates an empty repository on branch main and its bare origin,
@@ -87,19 +90,58 @@ func (r *Repo) Write(files map[string]string) {
 	}
 }
 
-// Commit commits everything and pushes it to the bare origin; it returns
-// the new commit hash. Extra args go to git commit (e.g. -S).
+// Commit commits everything and pushes the current branch to the bare
+// origin (forced); it returns the new commit hash. Extra args go to git
+// commit (e.g. -S).
 func (r *Repo) Commit(msg string, args ...string) string {
 	r.t.Helper()
 	Git(r.t, r.Work, "add", "-A")
-	var cfg, env []string
+	cfg, env := r.signing()
 	if r.Signer != nil {
-		cfg, env = r.Signer.config, r.Signer.env
 		args = append(args, "-S")
 	}
 	GitEnv(r.t, r.Work, env, append(append(cfg, "commit", "-q", "--allow-empty", "-m", msg), args...)...)
-	Git(r.t, r.Work, "push", "-q", "-f", "origin", "HEAD:main")
+	return r.push()
+}
+
+func (r *Repo) signing() (cfg, env []string) {
+	env = append(env, r.Env...)
+	if r.Signer != nil {
+		cfg, env = r.Signer.config, append(env, r.Signer.env...)
+	}
+	return cfg, env
+}
+
+func (r *Repo) push() string {
+	r.t.Helper()
+	branch := Git(r.t, r.Work, "symbolic-ref", "--short", "HEAD")
+	Git(r.t, r.Work, "push", "-q", "-f", "origin", "HEAD:"+branch)
 	return Git(r.t, r.Work, "rev-parse", "HEAD")
+}
+
+// Branch creates branch name at rev and switches the working copy to it.
+func (r *Repo) Branch(name, rev string) {
+	r.t.Helper()
+	Git(r.t, r.Work, "checkout", "-q", "-b", name, rev)
+}
+
+// Checkout switches the working copy to an existing branch.
+func (r *Repo) Checkout(name string) {
+	r.t.Helper()
+	Git(r.t, r.Work, "checkout", "-q", name)
+}
+
+// Merge merges branch into the current branch with a merge commit (signed
+// when Signer is set) and pushes; it returns the merge commit's hash.
+func (r *Repo) Merge(branch, msg string) string {
+	r.t.Helper()
+	cfg, env := r.signing()
+	args := []string{"merge", "-q", "--no-ff", "-m", msg}
+	if r.Signer != nil {
+		args = append(args, "-S")
+	}
+	GitEnv(r.t, r.Work, env, append(append(cfg, args...), branch)...)
+	return r.push()
 }
 
 // Reset moves the working copy's branch back (for force-push tests).
@@ -112,9 +154,11 @@ func (r *Repo) Reset(rev string) {
 type Signer struct {
 	// Trust is the file the agent trusts: an armored OpenPGP keyring or an
 	// allowed_signers file.
-	Trust  string
-	config []string
-	env    []string
+	Trust string
+	// PublicKey is an SSH signer's public key line ("ssh-ed25519 AAAA… name").
+	PublicKey string
+	config    []string
+	env       []string
 }
 
 // NewGPGSigner makes an OpenPGP key in a temporary GNUPGHOME.
@@ -142,6 +186,13 @@ func NewGPGSigner(t testing.TB, name string) *Signer {
 // NewSSHSigner makes an ed25519 key and an allowed_signers file for it.
 func NewSSHSigner(t testing.TB, name string) *Signer {
 	t.Helper()
+	return NewSSHSignerOptions(t, name, `namespaces="git"`)
+}
+
+// NewSSHSignerOptions is NewSSHSigner with the allowed_signers options
+// field given verbatim ("" for none), e.g. `namespaces="file,git",valid-before="20200101"`.
+func NewSSHSignerOptions(t testing.TB, name, options string) *Signer {
+	t.Helper()
 	dir := t.TempDir()
 	key := filepath.Join(dir, name)
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key).CombinedOutput(); err != nil {
@@ -152,11 +203,14 @@ func NewSSHSigner(t testing.TB, name string) *Signer {
 		t.Fatal(err)
 	}
 	trust := filepath.Join(dir, "allowed_signers")
-	line := name + "@example.org namespaces=\"git\" " + strings.TrimSpace(string(pub)) + "\n"
+	if options != "" {
+		options += " "
+	}
+	line := name + "@example.org " + options + strings.TrimSpace(string(pub)) + "\n"
 	if err := os.WriteFile(trust, []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return &Signer{Trust: trust, config: []string{"-c", "gpg.format=ssh", "-c", "user.signingkey=" + key + ".pub"}}
+	return &Signer{Trust: trust, PublicKey: strings.TrimSpace(string(pub)), config: []string{"-c", "gpg.format=ssh", "-c", "user.signingkey=" + key + ".pub"}}
 }
 
 // FileURL is the file:// URL of the bare origin.

@@ -1,7 +1,9 @@
 package gittest
 
 import (
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"fmt"
 	"net"
@@ -17,12 +19,22 @@ import (
 )
 
 // SSHServer is an in-process SSH server that serves git-upload-pack for
-// every repository under a root, to one client key.
+// every repository under a root, to one client key. Like a stock OpenSSH
+// server it has two host keys, ed25519 and ECDSA, and offers both.
 type SSHServer struct {
-	Addr       string // 127.0.0.1:port
-	HostKey    ssh.PublicKey
-	ClientKey  string // private key file the client must use
-	KnownHosts string // a known_hosts file holding HostKey for Addr
+	Addr         string        // 127.0.0.1:port
+	HostKey      ssh.PublicKey // ed25519
+	ECDSAHostKey ssh.PublicKey // ecdsa-sha2-nistp256
+	ClientKey    string        // private key file the client must use
+	// KnownHosts is a known_hosts file holding only HostKey (ed25519) for
+	// Addr, as an operator who copied one key would write it.
+	KnownHosts string
+}
+
+// KnownHostsLine returns a known_hosts line for the server's address with
+// the given key.
+func (s *SSHServer) KnownHostsLine(key ssh.PublicKey) string {
+	return knownhosts.Line([]string{knownhosts.Normalize(s.Addr)}, key) + "\n"
 }
 
 // URL returns the ssh:// URL of a repository under the root.
@@ -33,6 +45,14 @@ func NewSSHServer(t testing.TB, root string) *SSHServer {
 	t.Helper()
 	_, hostPriv, _ := ed25519.GenerateKey(rand.Reader)
 	hostSigner, err := ssh.NewSignerFromKey(hostPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecPriv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecSigner, err := ssh.NewSignerFromKey(ecPriv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,16 +89,16 @@ func NewSSHServer(t testing.TB, root string) *SSHServer {
 		},
 	}
 	srv.AddHostKey(hostSigner)
+	srv.AddHostKey(ecSigner)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	s := &SSHServer{Addr: ln.Addr().String(), HostKey: hostSigner.PublicKey(), ClientKey: clientKey}
+	s := &SSHServer{Addr: ln.Addr().String(), HostKey: hostSigner.PublicKey(), ECDSAHostKey: ecSigner.PublicKey(), ClientKey: clientKey}
 	s.KnownHosts = filepath.Join(dir, "known_hosts")
-	line := knownhosts.Line([]string{knownhosts.Normalize(s.Addr)}, s.HostKey) + "\n"
-	if err := os.WriteFile(s.KnownHosts, []byte(line), 0o600); err != nil {
+	if err := os.WriteFile(s.KnownHosts, []byte(s.KnownHostsLine(s.HostKey)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return s
