@@ -266,6 +266,21 @@ func FuzzLoad(f *testing.F) {
 	f.Add(baseFleet, baseHost)
 	f.Add("version: 1\nservices: {a: {image: x}}\n", "deckies: [{name: a, services: [a], ip: 1.2.3.4}]")
 	f.Add("a: &a [*a, *a]\n", "<<: {deckies: []}")
+	// Hostile and edge cases of issue 9: bombs, self-merges, bytes the
+	// YAML reader refuses, unknown anchors, deep nesting, capabilities,
+	// limits and the host-level switches.
+	f.Add(baseFleet, "network:\n  <<: "+mergeBomb("name", "x", 10, 5)+"\n"+baseHost)
+	f.Add(baseFleet, hostileHost(20, 0))
+	f.Add(baseFleet, "network: &n {<<: *n}\ndeckies: []\n")
+	f.Add(baseFleet, "deckies:\n  - name: a\xff\n")
+	f.Add(baseFleet, "deckies: [\x07]\n")
+	f.Add(baseFleet, "deckies: *nope\n")
+	f.Add(baseFleet, "deckies: "+strings.Repeat("[", 10001))
+	f.Add(baseFleet, "deckies: "+strings.Repeat("- ", 300)+"x\n")
+	f.Add(strings.Replace(baseFleet, "[NET_BIND_SERVICE]", "[NET_RAW, net_bind_service, FOO, CAP_SYS_ADMIN]", 1), baseHost)
+	f.Add(strings.Replace(baseFleet, "    ports: [22]\n", "    ports: [22]\n    check: false\n    read_only: true\n    limits: {pids: 64, memory: 64m, cpus: \"0.5\"}\n    cap_add: [NET_RAW]\n    net_raw_reason: icmp\n", 1), baseHost)
+	f.Add(baseFleet, "prune: {max: all}\nsuspend: true\ndecommission: true\ndeckies: []\n")
+	f.Add(baseFleet, "deckies:\n  - {name: web, services: [ssh]}\n  - {name: web-ssh, services: [http]}\n")
 	f.Fuzz(func(t *testing.T, fleet, host string) {
 		fl, err := Load(fstest.MapFS{
 			"fleet.yaml":          {Data: []byte(fleet)},
@@ -275,9 +290,16 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("Load returned fleet=%v err=%v", fl != nil, err)
 		}
 		if err != nil {
-			for _, e := range err.(Errors) {
+			es := err.(Errors)
+			for _, e := range es {
 				if e.File == "" || e.Msg == "" {
 					t.Fatalf("error without file or message: %#v", e)
+				}
+				if strings.HasPrefix(e.Msg, "invalid YAML") && e.Line == 0 {
+					t.Fatalf("YAML error without a line: %v", e)
+				}
+				if (strings.Contains(e.Msg, "beyond its budget") || strings.Contains(e.Msg, "nest more than")) && len(es) != 1 {
+					t.Fatalf("a budget error must come alone:\n%v", err)
 				}
 			}
 		}

@@ -178,6 +178,8 @@ func (w *walker) pairs(n *yaml.Node, field string) ([]pair, bool) {
 		seen[k.Value] = k.Line
 		out = append(out, pair{key: k.Value, k: k, v: v, field: join(field, k.Value)})
 	}
+	// Merged entries are work beyond the nodes visited: charge them too.
+	w.budget.left -= len(merged)
 	if w.overBudget(n, field) {
 		return nil, false
 	}

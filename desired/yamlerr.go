@@ -13,6 +13,9 @@ import (
 // cannot make validation slow. Past it an error keeps line 0.
 const maxLocateBytes = 8 << 20
 
+// readerErrorRE matches yaml.v3's reader errors about UTF-8 input.
+var readerErrorRE = regexp.MustCompile(`^yaml: (invalid leading UTF-8 octet|incomplete UTF-8 octet sequence|invalid trailing UTF-8 octet|invalid length of a UTF-8 sequence|invalid Unicode character|control characters are not allowed)$`)
+
 // unknownAnchorRE matches yaml.v3's message for an alias without anchor.
 var unknownAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' referenced$`)
 
@@ -24,8 +27,10 @@ var unknownAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' reference
 // with that message exactly when it holds the offending token: the search
 // is monotonic. Returns 0 when the line cannot be found.
 func (l *loader) locateError(data []byte, msg string) int {
-	if line := readerErrorLine(data); line > 0 {
-		return line
+	if readerErrorRE.MatchString(msg) {
+		if line := readerErrorLine(data); line > 0 {
+			return line
+		}
 	}
 	starts := lineStarts(data)
 	// prefix returns the first n lines.
