@@ -244,6 +244,12 @@ func TestExampleRepository(t *testing.T) {
 	if len(f.Hosts) != 2 || len(f.Hosts["worker-a"].Deckies) != 4 {
 		t.Fatalf("example fleet decoded wrong: %d hosts", len(f.Hosts))
 	}
+	if s := f.Services["smtp"]; !s.ReadOnly || s.Limits != (Limits{Pids: 64, MemoryBytes: 128 << 20, NanoCPUs: 5e8}) || !s.Check {
+		t.Errorf("smtp's read_only and limits decoded wrong: %+v", s)
+	}
+	if s := f.Services["ssh"]; s.ReadOnly || s.Limits != DefaultLimits() {
+		t.Errorf("ssh must have the defaults: %+v", s)
+	}
 	for name, s := range f.Services {
 		if s.Limits.Pids == 0 || s.Limits.MemoryBytes == 0 || s.Limits.NanoCPUs == 0 {
 			t.Errorf("service %s has no limits: %+v", name, s.Limits)
