@@ -27,7 +27,8 @@ type Snapshot struct {
 	// Verified says what was verified: VerifiedNone ("none") when no
 	// trust roots are configured, else the signer of the commit, as
 	// "ssh:<principals> <SHA256 key fingerprint>" or
-	// "openpgp:<primary user id> <key id>". Never empty.
+	// "openpgp:<primary user id> <key id>". Always set on what Sync
+	// returns; empty on Local's snapshot until a Sync has checked it.
 	Verified string
 	tree     *object.Tree
 	commit   *object.Commit

@@ -23,9 +23,11 @@ import (
 // Options configure a Syncer. Zero values are documented per field.
 type Options struct {
 	// Remotes are tried in order; the first that answers serves the pass.
-	// A remote is an https:// (or http://), ssh:// or user@host:path URL, a
-	// file:// URL or a plain path to a (bare) repository, such as a mirror
-	// on a USB disk.
+	// A remote is an https:// (or, without credentials, http://), ssh://
+	// or user@host:path URL, a file:// URL or a plain path to a (bare)
+	// repository, such as a mirror on a USB disk. A password in a URL's
+	// user-info is refused (*CredentialsInURLError), and so is http://
+	// with any credential (*InsecureRemoteError).
 	Remotes []string
 	// Ref is a branch name, or a full ref such as refs/tags/v3.
 	// Default "main".
