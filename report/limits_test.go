@@ -152,3 +152,25 @@ func TestDeliveryStatusString(t *testing.T) {
 		})
 	}
 }
+
+// Whatever the input, a truncated text is within the limit, valid UTF-8,
+// and starts with a prefix of the (valid) input.
+func FuzzTruncate(f *testing.F) {
+	f.Add("exited (1): panic: runtime error", 16)
+	f.Add(strings.Repeat("é🐝\xff", 50), 37)
+	f.Add("", 0)
+	f.Fuzz(func(t *testing.T, s string, max int) {
+		if max < 0 || max > 1<<16 {
+			return
+		}
+		got := Truncate(s, max)
+		if len(got) > max || !utf8.ValidString(got) {
+			t.Fatalf("Truncate(%q, %d) = %q", s, max, got)
+		}
+		valid := strings.ToValidUTF8(s, "\uFFFD")
+		kept, _, cut := strings.Cut(got, "…[truncated ")
+		if !strings.HasPrefix(valid, kept) || (!cut && got != valid && !strings.HasPrefix(valid, got)) {
+			t.Fatalf("Truncate(%q, %d) = %q is not a prefix of the input", s, max, got)
+		}
+	})
+}
