@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // mergeBomb returns YAML for a merge-key bomb: levels mappings, each
@@ -108,6 +110,39 @@ func TestLoadHostileRepositoriesRefused(t *testing.T) {
 			wantOneBudgetError(t, err, file)
 		})
 	}
+}
+
+// TestBudgetNeverSteppedOver: the check compares with <=, so wherever the
+// counter stands when it is looked at (just spent, or far past zero after
+// a burst of derefs), a mapping or list over budget is never read as empty
+// without the sticky error.
+func TestBudgetNeverSteppedOver(t *testing.T) {
+	for _, left := range []int{1, 0, -1, -5, -100000} {
+		var errs Errors
+		w := &walker{file: "f.yaml", errs: &errs, budget: &budget{left: left}}
+		root := document(t, "a: 1\nb: [1, 2]\n")
+		_, mapOK := w.pairs(root, "")
+		listOK := w.list(root.Content[3], "b", func(int, *yaml.Node, string) {})
+		if left <= 0 && (mapOK || listOK) {
+			t.Errorf("left=%d: read a mapping or list with the budget spent", left)
+		}
+		if (!mapOK || !listOK) && !w.budget.exhausted() {
+			t.Errorf("left=%d: read short (mapping %v, list %v) without the budget error", left, mapOK, listOK)
+		}
+		if !mapOK && (!w.overBudget(root, "") || len(errs) != 0) {
+			t.Errorf("left=%d: the budget error must be sticky, and recorded apart from the file's errors: %v", left, errs)
+		}
+	}
+}
+
+// document parses YAML for walker tests.
+func document(t *testing.T, s string) *yaml.Node {
+	t.Helper()
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(s), &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc.Content[0]
 }
 
 // TestLoadBudgetIsPerRepository: one small bomb alone is within the

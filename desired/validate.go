@@ -1,6 +1,7 @@
 package desired
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"net/netip"
@@ -23,11 +24,11 @@ func validate(l *loader, f *Fleet) {
 	}
 	for _, name := range sortedKeys(f.Distros) {
 		d := f.Distros[name]
-		checkBuild(l.fsys, d.Source.Build, "distros."+name+".build", errs)
+		checkBuild(l.ctx, l.fsys, d.Source.Build, "distros."+name+".build", errs)
 	}
 	for _, name := range sortedKeys(f.Services) {
 		s := f.Services[name]
-		checkBuild(l.fsys, s.Source.Build, "services."+name+".build", errs)
+		checkBuild(l.ctx, l.fsys, s.Source.Build, "services."+name+".build", errs)
 	}
 	checkNetwork(f.Defaults.Network, f.Defaults.netPos, "defaults.network", "", errs)
 
@@ -317,7 +318,7 @@ func checkServiceConfig(l *loader, f *Fleet, d *Decky, field string) {
 // repository holding its Dockerfile, and that no symlink in it points
 // outside the repository (which would let a commit read the worker's
 // files into an image).
-func checkBuild(fsys fs.FS, b *Build, field string, errs *Errors) {
+func checkBuild(ctx context.Context, fsys fs.FS, b *Build, field string, errs *Errors) {
 	if b == nil || b.Context == "" {
 		return
 	}
@@ -352,6 +353,9 @@ func checkBuild(fsys fs.FS, b *Build, field string, errs *Errors) {
 	}
 	rl, canReadLinks := fsys.(fs.ReadLinkFS)
 	_ = fs.WalkDir(fsys, b.Context, func(p string, de fs.DirEntry, err error) error {
+		if ctx.Err() != nil {
+			return fs.SkipAll // a large context must not hold up Ctrl-C
+		}
 		if err != nil {
 			add(field, "cannot read %s: %v", p, err)
 			return nil
