@@ -1,10 +1,6 @@
 package apply
 
-import (
-	"reflect"
-
-	"github.com/decnet/pull-agent/desired"
-)
+import "github.com/decnet/pull-agent/desired"
 
 // This file is the one place that reads the catalog's per-service safety
 // settings (check:, limits:, read_only:, the NET_RAW reason), so rendering
@@ -22,19 +18,17 @@ type Limits struct {
 // service) and its children, small enough that a decoy taken over by an
 // attacker can neither fork-bomb nor starve the worker. They match the
 // defaults package desired fills in.
-var DefaultServiceLimits = Limits{Pids: 256, MemoryBytes: 256 << 20, NanoCPUs: 1_000_000_000}
+var DefaultServiceLimits = Limits{Pids: desired.DefaultPids, MemoryBytes: desired.DefaultMemoryBytes, NanoCPUs: desired.DefaultNanoCPUs}
 
 // BaseLimits are the fixed limits of every base container. A base only
 // holds the decky's network namespace with one idle process (DECNET runs
 // `sleep infinity`), so it gets little.
 var BaseLimits = Limits{Pids: 32, MemoryBytes: 64 << 20, NanoCPUs: 250_000_000}
 
-// serviceLimits returns a catalog service's limits, defaults filled in.
+// serviceLimits returns a catalog service's limits, defaults filled in
+// (desired fills them already; a zero field never means "unlimited").
 func serviceLimits(s *desired.Service) Limits {
-	var l Limits
-	if v := field(s, "Limits"); v.IsValid() {
-		l = Limits{Pids: intField(v, "Pids"), MemoryBytes: intField(v, "MemoryBytes"), NanoCPUs: intField(v, "NanoCPUs")}
-	}
+	l := Limits{Pids: s.Limits.Pids, MemoryBytes: s.Limits.MemoryBytes, NanoCPUs: s.Limits.NanoCPUs}
 	if l.Pids <= 0 {
 		l.Pids = DefaultServiceLimits.Pids
 	}
@@ -48,38 +42,12 @@ func serviceLimits(s *desired.Service) Limits {
 }
 
 // serviceChecked reports whether the LAN check probes the service's ports.
-func serviceChecked(s *desired.Service) bool {
-	v := field(s, "Check")
-	return !v.IsValid() || v.Bool()
-}
+func serviceChecked(s *desired.Service) bool { return s.Check }
 
 // serviceReadOnly reports whether the service runs on a read-only root
 // filesystem.
-func serviceReadOnly(s *desired.Service) bool {
-	v := field(s, "ReadOnly")
-	return v.IsValid() && v.Bool()
-}
+func serviceReadOnly(s *desired.Service) bool { return s.ReadOnly }
 
 // netRawReason is why the catalog lets the service keep NET_RAW ("" = it
 // may not).
-func netRawReason(s *desired.Service) string {
-	if v := field(s, "NetRawReason"); v.IsValid() {
-		return v.String()
-	}
-	return ""
-}
-
-// field and intField read catalog fields that package desired is adding
-// (check, limits, read_only, the NET_RAW reason) while they land, so this
-// package builds before and after. TODO(apply): read the fields directly
-// once desired has them.
-func field(s *desired.Service, name string) reflect.Value {
-	return reflect.ValueOf(s).Elem().FieldByName(name)
-}
-
-func intField(v reflect.Value, name string) int64 {
-	if f := v.FieldByName(name); f.IsValid() && f.CanInt() {
-		return f.Int()
-	}
-	return 0
-}
+func netRawReason(s *desired.Service) string { return s.NetRawReason }

@@ -291,3 +291,41 @@ func TestPortsLabelRoundTrip(t *testing.T) {
 		t.Errorf("ParsePortsLabel = %v", back)
 	}
 }
+
+// TestRenderCatalogSafetySettings: the catalog's limits, read_only, check:
+// and NET_RAW with a reason reach the rendering, and each changes the
+// container's hash (so it rolls out).
+func TestRenderCatalogSafetySettings(t *testing.T) {
+	fleet := strings.Replace(fleetYAML, "    cap_add: [NET_BIND_SERVICE, SETUID]\n",
+		"    cap_add: [NET_BIND_SERVICE, NET_RAW]\n    net_raw_reason: answers ICMP timestamps like the real device\n"+
+			"    read_only: true\n    check: false\n    limits: {pids: 64, memory: 128m, cpus: 0.5}\n", 1)
+	d := renderFleet(t, fleet, hostYAML, tree1, nil, testNet)["d1"]
+	ssh := d.Services[1]
+	s := ssh.Config
+	if strings.Join(s.CapAdd, ",") != "NET_BIND_SERVICE,NET_RAW" || strings.Join(s.CapDrop, ",") != "ALL" {
+		t.Errorf("caps: add %v drop %v", s.CapAdd, s.CapDrop)
+	}
+	if !s.ReadOnly || len(s.Tmpfs) != 1 || !strings.HasPrefix(s.Tmpfs[0], "/tmp:") || !strings.Contains(s.Tmpfs[0], "noexec") {
+		t.Errorf("read_only: %v tmpfs %v", s.ReadOnly, s.Tmpfs)
+	}
+	if s.PidsLimit != 64 || s.MemLimit != 128<<20 || s.MemSwapLimit != 128<<20 || int64(s.CPUS*1e9) != 500_000_000 {
+		t.Errorf("limits: pids %d mem %d swap %d cpus %v", s.PidsLimit, s.MemLimit, s.MemSwapLimit, s.CPUS)
+	}
+	if ssh.Check {
+		t.Errorf("check: false not carried")
+	}
+	if http := d.Services[0]; http.Config.ReadOnly || http.Config.PidsLimit != 256 || !http.Check {
+		t.Errorf("another service took the settings: %+v", http)
+	}
+	plain := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)["d1"]
+	if plain.Services[1].Hash == ssh.Hash || plain.Services[0].Hash != d.Services[0].Hash || plain.Base.Hash != d.Base.Hash {
+		t.Errorf("the settings must change the ssh container's hash and nothing else's")
+	}
+	for _, change := range []string{"read_only: true", "check: false", "limits: {pids: 64, memory: 128m, cpus: 0.5}"} {
+		other := renderFleet(t, strings.Replace(fleet, "    "+change+"\n", "", 1), hostYAML, tree1, nil, testNet)["d1"]
+		// check: is no container setting: toggling it recreates nothing.
+		if changed := other.Services[1].Hash != ssh.Hash; changed != (change != "check: false") {
+			t.Errorf("removing %q: hash changed = %v", change, changed)
+		}
+	}
+}

@@ -722,3 +722,24 @@ func TestHeartbeatAfterALastBatchRefused(t *testing.T) {
 		t.Errorf("last body: %d events, rejected %d, depth %d", len(last.Lifecycle), last.OutboxRejects, last.OutboxDepth)
 	}
 }
+
+// A redirect (to a login page, say) is no delivery: followed, it would turn
+// the POST into a GET whose 200 would acknowledge events nobody stored.
+func TestRedirectIsNotDelivery(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc(HeartbeatPath, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/login", http.StatusFound)
+	})
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html>sign in</html>") })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	box, _ := newBox(t)
+	add(t, box, "a")
+	s, _ := newSender(t, box, srv.URL, SenderOptions{RetryMax: -1})
+	if n, err := s.Flush(context.Background(), hb); err == nil || n != 0 {
+		t.Fatalf("a redirect counted as delivery: %d %v", n, err)
+	}
+	if box.Depth() != 1 || box.Rejected() != 0 || s.Status().LastHTTPStatus != http.StatusFound {
+		t.Fatalf("depth %d rejected %d status %+v", box.Depth(), box.Rejected(), s.Status())
+	}
+}
