@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/decnet/pull-agent/internal/gittest"
@@ -40,10 +43,16 @@ func commits(repo *gittest.Repo, n int, file, msg string) []string {
 // found, although the side branch's oldest commits were unsigned. Every
 // commit reachable from the head and not from the last applied commit is
 // new, and must be verified.
+//
+// Served over smart HTTP (git http-backend) and git daemon, so deepening a
+// shallow clone is shown against real servers. Over HTTP the server first
+// refuses to deepen: the commit is refused (incomplete history) and nothing
+// is swapped in; that refusal is not remembered, and once the server
+// serves the history the exact set is checked.
 func TestSignedMergeOfPartlyUnsignedSideBranchIsRefused(t *testing.T) {
 	for _, kind := range []string{"ssh", "gpg"} {
 		t.Run(kind, func(t *testing.T) {
-			repo, _ := initRepo(t)
+			repo, root := initRepo(t)
 			signer, trust := signerOf(t, kind, "ops")
 			repo.Signer = signer
 			repo.Write(map[string]string{"fleet.yaml": "version: 1\n"})
@@ -58,7 +67,39 @@ func TestSignedMergeOfPartlyUnsignedSideBranchIsRefused(t *testing.T) {
 			repo.Checkout("main")
 			merge := repo.Merge("side", "merge side")
 
-			_, err := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}, Trust: trust}).Sync(context.Background(), applied)
+			ctx := context.Background()
+			var refuseDeepen atomic.Bool
+			remote := gittest.Daemon(t, root) + "/fleet.git"
+			if kind == "ssh" {
+				refuseDeepen.Store(true)
+				remote = gittest.HTTP(t, root, func(h http.Handler) http.Handler {
+					return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						if r.Method == http.MethodPost && refuseDeepen.Load() {
+							body, _ := io.ReadAll(r.Body)
+							r.Body = io.NopCloser(bytes.NewReader(body))
+							if bytes.Contains(body, []byte("deepen 128")) {
+								http.Error(w, "history depth limited", http.StatusForbidden)
+								return
+							}
+						}
+						h.ServeHTTP(w, r)
+					})
+				}) + "/fleet.git"
+			}
+			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{remote}, Trust: trust})
+			if kind == "ssh" {
+				_, err := s.Sync(ctx, applied)
+				if !errors.Is(err, fleetsync.ErrIncompleteHistory) {
+					t.Fatalf("a remote that refuses to deepen: want an incomplete-history refusal, got %v", err)
+				}
+				refused(t, err, "the remote did not serve the 128 commits of history needed to establish which commits are new")
+				if s.Local() != nil {
+					t.Fatal("a commit whose new commits were not established was swapped in")
+				}
+				refuseDeepen.Store(false)
+			}
+
+			_, err := s.Sync(ctx, applied)
 			if !errors.Is(err, fleetsync.ErrUnverified) {
 				t.Fatalf("the merge %s of a side branch with unsigned commits was not refused as unverified: %v", merge[:12], err)
 			}

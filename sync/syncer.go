@@ -179,7 +179,7 @@ func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	}
 	snap, err := s.fetch(ctx, remote, target, floor)
 	var re *RefusedError
-	if errors.As(err, &re) {
+	if errors.As(err, &re) && !re.retry {
 		s.refused[key] = err
 	}
 	if err != nil {
@@ -288,13 +288,18 @@ func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, fl
 	if needHistory {
 		depth = min(16, s.opt.MaxHistory)
 	}
+	first := depth
 	start := time.Now()
 	for {
 		tmp, repo, err := s.cloneInto(ctx, url, depth)
+		if err != nil && depth > first {
+			// The remote served a shallow clone but not a deeper one: the
+			// new commits cannot be established now. A refusal, but not
+			// remembered: the remote may serve it on the next pass.
+			return nil, &RefusedError{Commit: target.String(), Err: ErrIncompleteHistory, retry: true,
+				Reason: fmt.Sprintf("the remote did not serve the %d commits of history needed to establish which commits are new: %s", depth, s.scrub(err))}
+		}
 		if err != nil {
-			if depth > 1 {
-				return nil, fmt.Errorf("fetching %d commits of history to establish which commits are new: %w", depth, err)
-			}
 			return nil, err
 		}
 		last := depth >= s.opt.MaxHistory

@@ -36,6 +36,7 @@ type RefusedError struct {
 	Commit string
 	Reason string
 	Err    error
+	retry  bool // not remembered: the same commit may pass on a later pass
 }
 
 func (e *RefusedError) Error() string {
