@@ -127,16 +127,20 @@ func (c DialChecker) CheckPorts(ctx context.Context, ip netip.Addr, ports []desi
 		go func() {
 			defer wg.Done()
 			addr := net.JoinHostPort(ip.String(), strconv.Itoa(int(p.Number)))
+			var last error // the last answer before the deadline: "connection refused" says more than the deadline
 			for {
 				conn, err := d.DialContext(ctx, "tcp", addr)
 				if err == nil {
 					conn.Close()
 					return
 				}
+				if ctx.Err() == nil || last == nil {
+					last = err
+				}
 				select {
 				case <-ctx.Done():
 					mu.Lock()
-					closed[p] = err
+					closed[p] = last
 					mu.Unlock()
 					return
 				case <-time.After(interval):
