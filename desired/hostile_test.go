@@ -230,8 +230,9 @@ func TestLoadYAMLErrorsCarryALine(t *testing.T) {
 			"fleet.yaml|gateway: 198.51.100.1": "gateway: 192.0.2.1",
 			"hosts/worker-b.yaml":              "deckies:\n  - name: other\n    services: [ssh]\n",
 		}, "fleet.yaml:6: defaults.network.gateway: gateway 192.0.2.1 is outside the subnet 198.51.100.0/24"},
-		{"a host's subnet that leaves out the default gateway's network", map[string]string{
+		{"fleet.yaml's gateway on the network address, reported once", map[string]string{
 			"fleet.yaml|gateway: 198.51.100.1": "gateway: 198.51.100.0",
+			"hosts/worker-b.yaml":              "deckies:\n  - name: other\n    services: [ssh]\n",
 		}, "fleet.yaml:6: defaults.network.gateway: gateway 198.51.100.0 is the network address of 198.51.100.0/24"},
 		{"a host's own gateway outside its subnet", map[string]string{
 			"hosts/worker-a.yaml|ip_pool: 198.51.100.64/27\n": "ip_pool: 198.51.100.64/27\nnetwork:\n  gateway: 203.0.113.1\n",
