@@ -19,7 +19,7 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 	h.Network = Network{}
 	var seenNames = map[string]int{}
 	var deckiesKey *yaml.Node
-	w.fields(root, "", nil, map[string]func(pair){
+	isMap := w.fields(root, "", nil, map[string]func(pair){
 		"host_uuid": func(p pair) { h.HostUUID, _ = w.str(p.v, p.field) },
 		"prune":     func(p pair) { w.prune(p, &h.Prune) },
 		"decommission": func(p pair) {
@@ -58,7 +58,7 @@ func parseHost(name, file string, data []byte, l *loader) *Host {
 		},
 	})
 	switch {
-	case w.budget.exhausted():
+	case !isMap || w.budget.exhausted():
 	case h.Decommission && len(h.Deckies) > 0:
 		w.fail(deckiesKey, "deckies", "a host with decommission: true runs no deckies; remove them (or the decommission)")
 	case h.Decommission && h.Suspend:

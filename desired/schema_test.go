@@ -159,6 +159,7 @@ func TestLoadHostFields(t *testing.T) {
 		{name: "suspend quoted", host: "suspend: \"true\"\n" + baseHost, want: "hosts/worker-a.yaml:1: suspend: expected true or false, got a string"},
 		{name: "decommission with deckies", host: "decommission: true\n" + baseHost, want: "hosts/worker-a.yaml:3: deckies: a host with decommission: true runs no deckies; remove them (or the decommission)"},
 		{name: "decommission and suspend", host: "decommission: true\nsuspend: true\n", want: "hosts/worker-a.yaml:2: suspend: decommission: true and suspend: true contradict each other; keep one"},
+		{name: "not a mapping", host: "- name: a\n", want: "hosts/worker-a.yaml:1: expected a mapping, got a list"},
 		{name: "no deckies key", host: "suspend: true\n", want: "hosts/worker-a.yaml:1: deckies: required key is missing (deckies: [] with prune: {max: all} removes every decky)"},
 	}
 	for _, tt := range tests {
