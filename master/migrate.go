@@ -141,7 +141,8 @@ CREATE TABLE hosts_v2 (
 	identity          TEXT NOT NULL DEFAULT '',
 	events_total      INTEGER NOT NULL DEFAULT 0,
 	max_seq           INTEGER NOT NULL DEFAULT 0,
-	seq_conflicts     INTEGER NOT NULL DEFAULT 0
+	seq_conflicts     INTEGER NOT NULL DEFAULT 0,
+	deckies_hash      TEXT NOT NULL DEFAULT ''
 );
 INSERT INTO hosts_v2(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns,
 		pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts)
@@ -231,7 +232,8 @@ CREATE TABLE hosts (
 	identity          TEXT NOT NULL DEFAULT '',
 	events_total      BIGINT NOT NULL DEFAULT 0,
 	max_seq           BIGINT NOT NULL DEFAULT 0,
-	seq_conflicts     BIGINT NOT NULL DEFAULT 0
+	seq_conflicts     BIGINT NOT NULL DEFAULT 0,
+	deckies_hash      TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE deckies (
 	host        TEXT NOT NULL,

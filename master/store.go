@@ -3,7 +3,9 @@ package master
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +45,42 @@ type Store struct {
 	closed    bool
 
 	qcache stdsync.Map // query text with ? -> dialect text
+	stmts  map[string]*sql.Stmt
+}
+
+// Hot statements of the write path, prepared once: parsing them for
+// every event cost more than executing them.
+const (
+	sqlUpsertHost = `
+INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns, pass_error, outbox_depth, outbox_rejected, identity)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excluded.agent_version,
+	commit_sha=excluded.commit_sha, remote=excluded.remote, last_heartbeat_ns=excluded.last_heartbeat_ns,
+	last_fetch_ok_ns=excluded.last_fetch_ok_ns, last_apply_ns=excluded.last_apply_ns, pass_error=excluded.pass_error,
+	outbox_depth=excluded.outbox_depth, outbox_rejected=excluded.outbox_rejected, identity=excluded.identity`
+	sqlInsertEvent = `
+INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
+	sqlDeckiesChanged = `UPDATE hosts SET deckies_hash = ? WHERE host = ? AND deckies_hash <> ?`
+	sqlDeleteDeckies  = `DELETE FROM deckies WHERE host = ?`
+	sqlInsertDecky    = `INSERT INTO deckies(host, decky, ip, state, running, services, config_hash, error, updated_ns) VALUES(?,?,?,?,?,?,?,?,?)`
+)
+
+func (s *Store) prepare(ctx context.Context) error {
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range []string{sqlUpsertHost, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
+		st, err := s.w.PrepareContext(ctx, s.q(q))
+		if err != nil {
+			return fmt.Errorf("failed to prepare %q: %w", strings.Fields(q)[0:3], err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// exec runs a prepared hot statement inside tx.
+func (s *Store) exec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	return tx.StmtContext(ctx, s.stmts[q]).ExecContext(ctx, args...)
 }
 
 // StoreOptions tune a Store; the zero value is the default.
@@ -117,6 +155,10 @@ func OpenStoreWith(ctx context.Context, dsn string, opt StoreOptions) (*Store, e
 		s.closeDBs()
 		return nil, fmt.Errorf("%s: %w", redactDSN(dsn), err)
 	}
+	if err := s.prepare(pctx); err != nil {
+		s.closeDBs()
+		return nil, err
+	}
 	s.jobs = make(chan *job, 1024)
 	for i := 0; i < opt.Writers; i++ {
 		s.wg.Add(1)
@@ -142,6 +184,9 @@ func redactDSN(dsn string) string {
 }
 
 func (s *Store) closeDBs() {
+	for _, st := range s.stmts {
+		st.Close()
+	}
 	if s.w != nil {
 		s.w.Close()
 	}
@@ -351,22 +396,14 @@ func (s *Store) recordOne(ctx context.Context, tx *sql.Tx, j *job) (Recorded, er
 	var rec Recorded
 	// First, so that it locks the host's row: reports of one host are
 	// written one after the other even by several masters.
-	_, err := tx.ExecContext(ctx, s.q(`
-INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns, pass_error, outbox_depth, outbox_rejected, identity)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excluded.agent_version,
-	commit_sha=excluded.commit_sha, remote=excluded.remote, last_heartbeat_ns=excluded.last_heartbeat_ns,
-	last_fetch_ok_ns=excluded.last_fetch_ok_ns, last_apply_ns=excluded.last_apply_ns, pass_error=excluded.pass_error,
-	outbox_depth=excluded.outbox_depth, outbox_rejected=excluded.outbox_rejected, identity=excluded.identity`),
+	_, err := s.exec(ctx, tx, sqlUpsertHost,
 		b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, now, ns(b.LastFetchOK), ns(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, j.identity)
 	if err != nil {
 		return rec, fmt.Errorf("failed to record the heartbeat of %s: %w", b.Host, err)
 	}
 	var maxSeq int64
 	for _, e := range b.Lifecycle {
-		res, err := tx.ExecContext(ctx, s.q(`
-INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`),
+		res, err := s.exec(ctx, tx, sqlInsertEvent,
 			e.EventID, b.Host, int64(e.Seq), e.DeckyName, e.Operation, e.Status, e.Error, e.Commit, e.ConfigHash, e.Note, ns(e.StartedAt), ns(e.CompletedAt), now)
 		if err != nil {
 			return rec, fmt.Errorf("failed to record event %s: %w", e.EventID, err)
@@ -434,26 +471,50 @@ func (s *Store) recordConflict(ctx context.Context, tx *sql.Tx, host string, e r
 	return &SeqConflict{Host: host, Seq: int64(e.Seq), EventID: e.EventID, ExistingEventID: existing, Event: data, ReceivedAt: fromNS(now)}, nil
 }
 
+// replaceDeckies makes the host's decky table the heartbeat's, when it
+// changed: most heartbeats repeat the last one, and a hash of it in the
+// host row saves rewriting every decky's row each time.
 func (s *Store) replaceDeckies(ctx context.Context, tx *sql.Tx, b *report.Body, now int64) error {
-	// The heartbeat is the host's whole truth: deckies it no longer
-	// reports are gone (DECNET never pruned them, bug L6).
-	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM deckies WHERE host = ?`), b.Host); err != nil {
-		return err
+	type row struct {
+		name, ip, state string
+		running         int
+		services, hash  string
+		err             string
 	}
 	ips := map[string]string{}
 	hashes := map[string]string{}
 	for _, d := range b.Status.Deckies {
 		ips[d.Name], hashes[d.Name] = d.IP, d.ConfigHash
 	}
+	var rows []row
 	for name, rt := range b.Status.Runtime {
 		var svcs []string
 		for svc, st := range rt.Services {
 			svcs = append(svcs, svc+"="+st)
 		}
 		slices.Sort(svcs)
-		if _, err := tx.ExecContext(ctx, s.q(`
-INSERT INTO deckies(host, decky, ip, state, running, services, config_hash, error, updated_ns) VALUES(?,?,?,?,?,?,?,?,?)`),
-			b.Host, name, ips[name], rt.State, boolInt(rt.Running), strings.Join(svcs, ","), hashes[name], rt.Error, now); err != nil {
+		rows = append(rows, row{name, ips[name], rt.State, boolInt(rt.Running), strings.Join(svcs, ","), hashes[name], rt.Error})
+	}
+	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(a.name, b.name) })
+	h := sha256.New()
+	for _, r := range rows {
+		fmt.Fprintf(h, "%q %q %q %d %q %q %q\n", r.name, r.ip, r.state, r.running, r.services, r.hash, r.err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	res, err := s.exec(ctx, tx, sqlDeckiesChanged, sum, b.Host, sum)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil // the same table as last time
+	}
+	// The heartbeat is the host's whole truth: deckies it no longer
+	// reports are gone (DECNET never pruned them, bug L6).
+	if _, err := s.exec(ctx, tx, sqlDeleteDeckies, b.Host); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if _, err := s.exec(ctx, tx, sqlInsertDecky, b.Host, r.name, r.ip, r.state, r.running, r.services, r.hash, r.err, now); err != nil {
 			return err
 		}
 	}
