@@ -168,17 +168,18 @@ func status(code int, hdr ...string) func(http.ResponseWriter) {
 	}
 }
 
-// waits records the backoff a sender chose instead of sleeping it.
+// waits records the backoff a sender chose; go-retryablehttp then sleeps
+// none of it.
 type waits struct {
 	mu stdsync.Mutex
 	d  []time.Duration
 }
 
-func (w *waits) sleep(ctx context.Context, d time.Duration) error {
+func (w *waits) take(d time.Duration) time.Duration {
 	w.mu.Lock()
 	w.d = append(w.d, d)
 	w.mu.Unlock()
-	return ctx.Err()
+	return 0
 }
 
 func newSender(t *testing.T, box *Outbox, url string, opt SenderOptions) (*Sender, *waits) {
@@ -189,7 +190,7 @@ func newSender(t *testing.T, box *Outbox, url string, opt SenderOptions) (*Sende
 		t.Fatal(err)
 	}
 	w := &waits{}
-	s.sleep = w.sleep
+	s.sleepFor = w.take
 	return s, w
 }
 

@@ -1,7 +1,6 @@
 package report
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -21,6 +20,8 @@ import (
 	stdsync "sync"
 	"time"
 	"unicode"
+
+	"github.com/hashicorp/go-retryablehttp"
 )
 
 // HeartbeatPath is DECNET's heartbeat endpoint, which also takes
@@ -66,17 +67,20 @@ type SenderOptions struct {
 // Sender posts the outbox to the master. Flush may be called from several
 // goroutines (one runs at a time); Status is safe to call at any moment.
 type Sender struct {
-	opt    SenderOptions
-	box    *Outbox
-	log    *slog.Logger
-	client *http.Client
-	url    string
+	opt SenderOptions
+	box *Outbox
+	log *slog.Logger
+	hc  *http.Client // go-retryablehttp's inner client: TLS, timeout, no redirects
+	url string
 
-	// Injected for tests, so they assert on the waits the sender chose
-	// instead of timing them.
-	sleep   func(ctx context.Context, d time.Duration) error
-	backoff func(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration
-	now     func() time.Time
+	// backoff chooses the wait before a retry (Backoff). sleepFor takes
+	// that choice and returns how long go-retryablehttp actually sleeps:
+	// all of it in production; tests record the choice and sleep none of
+	// it, so they assert on the waits the sender chose instead of timing
+	// them.
+	backoff  func(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration
+	sleepFor func(chosen time.Duration) time.Duration
+	now      func() time.Time
 
 	flushMu stdsync.Mutex // one Flush at a time keeps the wire in seq order
 	mu      stdsync.Mutex // guards st
@@ -157,7 +161,7 @@ func NewSender(box *Outbox, opt SenderOptions, log *slog.Logger) (*Sender, error
 	}
 	s := &Sender{
 		opt: opt, box: box, log: log.With("component", "report"), url: base + HeartbeatPath,
-		client: &http.Client{
+		hc: &http.Client{
 			Timeout:   opt.RequestTimeout,
 			Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment, MaxIdleConns: 4, IdleConnTimeout: time.Minute},
 			// A redirect is no delivery: following it would turn the POST
@@ -165,7 +169,7 @@ func NewSender(box *Outbox, opt SenderOptions, log *slog.Logger) (*Sender, error
 			// or carry the token to another host.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		sleep: sleepCtx, backoff: Backoff, now: time.Now,
+		backoff: Backoff, sleepFor: func(d time.Duration) time.Duration { return d }, now: time.Now,
 	}
 	if d, ok := box.Delivery(); ok {
 		s.st = d
@@ -260,17 +264,6 @@ func retryAfter(v string) (time.Duration, bool) {
 		return d, true
 	}
 	return 0, false
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Status returns the sender's delivery status. Safe for concurrent use.
@@ -413,58 +406,139 @@ type result struct {
 	resp     *http.Response // status and headers only, for Backoff
 }
 
-// post sends one body, retrying what may succeed later.
-func (s *Sender) post(ctx context.Context, data []byte, events []Event, version string) result {
-	for attempt := 0; ; attempt++ {
-		r := s.attempt(ctx, data, events, version)
-		if r.kind == stop && ctx.Err() != nil {
-			// Shutting down or out of time is no delivery failure: the
-			// status keeps what the master last said.
-			return r
-		}
-		s.record(r)
-		if r.kind != retryable || attempt >= s.opt.RetryMax {
-			return r
-		}
-		d := s.backoff(s.opt.RetryWaitMin, s.opt.RetryWaitMax, attempt, r.resp)
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-			// Waiting past the deadline only to give up: leave it to the
-			// next flush.
-			return r
-		}
-		if err := s.sleep(ctx, d); err != nil {
-			return r
-		}
-		s.log.DebugContext(ctx, "retrying report", "attempt", attempt+1, "after", d, "err", r.err)
-	}
+// exchange is one body on its way through the retry engine: the hooks
+// the engine calls after each attempt (CheckRetry), before each wait
+// (Backoff) and before each retry (PrepareRetry) share it.
+type exchange struct {
+	events []Event
+	tries  int           // attempts that have ended
+	r      result        // outcome of the last attempt
+	ended  bool          // r is set
+	wait   time.Duration // the wait chosen before the next attempt
 }
 
-func (s *Sender) attempt(ctx context.Context, data []byte, events []Event, version string) result {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(data))
+// post sends one body, retrying what may succeed later. The retry loop,
+// the body rewind and the wait are go-retryablehttp's; which answer is
+// retried, how long to wait and what each attempt does to the status are
+// this package's, through the client's hooks (see engine).
+func (s *Sender) post(ctx context.Context, data []byte, events []Event, version string) result {
+	// A []byte body is rewound by the engine before every attempt: each
+	// retry sends the same bytes, the same event IDs.
+	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, s.url, data)
 	if err != nil {
 		return result{kind: stop, err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "pull-agent/"+version)
-	if s.opt.TokenFile != "" {
-		// Read at every attempt: a rotated token is used at once.
-		tok, err := os.ReadFile(s.opt.TokenFile)
-		if err != nil {
-			return result{kind: stop, err: fmt.Errorf("%w: master token file: %w", ErrAuth, err)}
-		}
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	x := &exchange{events: events}
+	if err := s.authorize(req.Request); err != nil {
+		return s.ended(ctx, x, result{kind: stop, err: err})
 	}
-	resp, err := s.client.Do(req)
+	resp, err := s.engine(x).Do(req)
+	if resp != nil {
+		resp.Body.Close() // already read by classify
+	}
+	if !x.ended {
+		// The engine gave up before any attempt ended (it could not
+		// rewind the body): nothing was sent.
+		return result{kind: stop, err: fmt.Errorf("report to %s: %w", redact(s.opt.Master), err)}
+	}
+	// A flush cancelled during a wait ends here too (err is the context's):
+	// the last answer stands, as it was recorded.
+	return x.r
+}
+
+// engine returns the go-retryablehttp client for one body. Its hooks carry
+// the delivery policy; the client is per body because the hooks keep that
+// body's state (a Client is cheap, and the connection pool, in hc, is
+// shared).
+func (s *Sender) engine(x *exchange) *retryablehttp.Client {
+	return &retryablehttp.Client{
+		HTTPClient:   s.hc,
+		Logger:       nil, // slog below; the library's default logger would print to stderr
+		RetryMax:     s.opt.RetryMax,
+		RetryWaitMin: s.opt.RetryWaitMin,
+		RetryWaitMax: s.opt.RetryWaitMax,
+		// After each attempt: classify the answer, record it, and decide.
+		CheckRetry: func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+			n := x.tries
+			x.tries++
+			r := s.ended(ctx, x, classify(ctx, resp, err, x.events, s.opt.Master))
+			if r.kind != retryable || n >= s.opt.RetryMax {
+				return false, nil
+			}
+			d := s.backoff(s.opt.RetryWaitMin, s.opt.RetryWaitMax, n, r.resp)
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+				// Waiting past the deadline only to give up: leave it to
+				// the next flush.
+				return false, nil
+			}
+			x.wait = d
+			s.log.DebugContext(ctx, "retrying report", "attempt", x.tries, "after", d, "err", r.err)
+			return true, nil
+		},
+		// The wait CheckRetry chose (and checked against the deadline);
+		// the engine sleeps it, and stops early if the flush is cancelled.
+		Backoff: func(time.Duration, time.Duration, int, *http.Response) time.Duration {
+			return s.sleepFor(x.wait)
+		},
+		// Before each retry: the token is read again, so a rotated one is
+		// used at once.
+		PrepareRetry: func(req *http.Request) error {
+			if err := s.authorize(req); err != nil {
+				s.ended(req.Context(), x, result{kind: stop, err: err})
+				return err
+			}
+			return nil
+		},
+		// The outcome is in x; the engine's own summary error would only
+		// hide the answer's status.
+		ErrorHandler: retryablehttp.PassthroughErrorHandler,
+	}
+}
+
+// ended keeps r as the exchange's last outcome and records it in the
+// status, unless the flush was cancelled or ran out of time: that is no
+// delivery failure, and the status keeps what the master last said.
+func (s *Sender) ended(ctx context.Context, x *exchange, r result) result {
+	x.r, x.ended = r, true
+	if r.kind == stop && ctx.Err() != nil {
+		return r
+	}
+	s.record(r)
+	return r
+}
+
+// authorize sets the bearer token, read from its file at every attempt.
+func (s *Sender) authorize(req *http.Request) error {
+	if s.opt.TokenFile == "" {
+		return nil
+	}
+	tok, err := os.ReadFile(s.opt.TokenFile)
 	if err != nil {
-		err = fmt.Errorf("report to %s: %w", redact(s.opt.Master), err)
+		return fmt.Errorf("%w: master token file: %w", ErrAuth, err)
+	}
+	// A fresh map: the engine's retry is a shallow copy of the request
+	// that went before.
+	req.Header = req.Header.Clone()
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	return nil
+}
+
+// classify judges one attempt from its answer (resp) or transport error.
+// It reads and closes the answer's body.
+func classify(ctx context.Context, resp *http.Response, err error, events []Event, master string) result {
+	if err != nil {
+		err = fmt.Errorf("report to %s: %w", redact(master), err)
 		if ctx.Err() != nil || untrusted(err) {
 			return result{kind: stop, err: err}
 		}
 		return result{kind: retryable, err: err}
 	}
-	defer resp.Body.Close()
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
+	resp.Body.Close()
+	resp.Body = http.NoBody // for the engine, which drains it before a retry
 	r := result{status: resp.StatusCode, resp: &http.Response{StatusCode: resp.StatusCode, Header: resp.Header}}
 	herr := &HTTPError{StatusCode: resp.StatusCode, Status: resp.Status, Body: oneLine(answer)}
 	switch {
