@@ -38,13 +38,15 @@ var (
 	states = map[string]bool{"running": true, "succeeded": true, "failed": true, "quarantined": true}
 )
 
-// RejectedEvent names one event the master refused and why: the agent may
-// set aside that event alone and send the others again.
+// RejectedEvent names one event the master refused and why: the agent
+// sets aside that event alone (matched by event_id and seq both) and sends
+// the others again. The shape is report.RejectedEvent's plus index.
 type RejectedEvent struct {
-	Index   int    `json:"index"`              // position in the body's lifecycle array
-	EventID string `json:"event_id,omitempty"` // when it could be read
-	Seq     uint64 `json:"seq,omitempty"`      // when it could be read
-	Error   string `json:"error"`
+	EventID string `json:"event_id"`
+	Seq     uint64 `json:"seq"`
+	Field   string `json:"field,omitempty"` // the offending field, when one is
+	Reason  string `json:"reason"`
+	Index   int    `json:"index"` // position in the body's lifecycle array
 }
 
 // ErrorBody is every error answer's JSON body. Rejected is set only when
@@ -89,11 +91,12 @@ func decodeBody(data []byte) (b *report.Body, rejected []RejectedEvent, err erro
 				EventID string `json:"event_id"`
 			}
 			_ = json.Unmarshal(raw, &partial)
-			rejected = append(rejected, RejectedEvent{Index: i, EventID: partial.EventID, Error: fmt.Sprintf("lifecycle[%d]: %v", i, err)})
+			rejected = append(rejected, RejectedEvent{Index: i, EventID: partial.EventID, Reason: fmt.Sprintf("lifecycle[%d]: %v", i, err)})
 			continue
 		}
-		if msg := checkEvent(&e, b.Host); msg != "" {
-			rejected = append(rejected, RejectedEvent{Index: i, EventID: e.EventID, Seq: e.Seq, Error: fmt.Sprintf("lifecycle[%d] (seq %d): %s", i, e.Seq, msg)})
+		if field, msg := checkEvent(&e, b.Host); msg != "" {
+			rejected = append(rejected, RejectedEvent{Index: i, EventID: e.EventID, Seq: e.Seq, Field: field,
+				Reason: fmt.Sprintf("lifecycle[%d] (seq %d): %s", i, e.Seq, msg)})
 			continue
 		}
 		if seen[e.EventID] {
@@ -109,31 +112,31 @@ func tooLong(field string, got, limit int) string {
 	return fmt.Sprintf("%s: %d bytes, at most %d", field, got, limit)
 }
 
-// checkEvent returns what is wrong with one event, or "".
-func checkEvent(e *report.Event, host string) string {
+// checkEvent returns the field at fault in one event and why, or "", "".
+func checkEvent(e *report.Event, host string) (field, reason string) {
 	switch {
 	case !idRE.MatchString(e.EventID):
-		return fmt.Sprintf("event_id %q: want 8 to 64 letters, digits or '-'", truncate(e.EventID, 80))
+		return "event_id", fmt.Sprintf("event_id %q: want 8 to 64 letters, digits or '-'", truncate(e.EventID, 80))
 	case e.Seq == 0 || e.Seq > MaxSeq:
-		return fmt.Sprintf("seq %d: out of range 1..%d", e.Seq, uint64(MaxSeq))
+		return "seq", fmt.Sprintf("seq %d: out of range 1..%d", e.Seq, uint64(MaxSeq))
 	case !nameRE.MatchString(e.DeckyName):
-		return fmt.Sprintf("decky_name %q is invalid", truncate(e.DeckyName, 80))
+		return "decky_name", fmt.Sprintf("decky_name %q is invalid", truncate(e.DeckyName, 80))
 	case !ops[e.Operation]:
-		return fmt.Sprintf("operation %q is not deploy, mutate, teardown or repair", truncate(e.Operation, 80))
+		return "operation", fmt.Sprintf("operation %q is not deploy, mutate, teardown or repair", truncate(e.Operation, 80))
 	case !states[e.Status]:
-		return fmt.Sprintf("status %q is not running, succeeded, failed or quarantined", truncate(e.Status, 80))
+		return "status", fmt.Sprintf("status %q is not running, succeeded, failed or quarantined", truncate(e.Status, 80))
 	case e.Host != "" && e.Host != host:
-		return fmt.Sprintf("event of host %q in a report of host %q", truncate(e.Host, 80), host)
+		return "host", fmt.Sprintf("event of host %q in a report of host %q", truncate(e.Host, 80), host)
 	case len(e.Error) > MaxEventError:
-		return tooLong("error", len(e.Error), MaxEventError)
+		return "error", tooLong("error", len(e.Error), MaxEventError)
 	case len(e.Note) > MaxEventNote:
-		return tooLong("note", len(e.Note), MaxEventNote)
+		return "note", tooLong("note", len(e.Note), MaxEventNote)
 	case len(e.Commit) > MaxCommit:
-		return tooLong("commit", len(e.Commit), MaxCommit)
+		return "commit", tooLong("commit", len(e.Commit), MaxCommit)
 	case len(e.ConfigHash) > MaxConfigHash:
-		return tooLong("config_hash", len(e.ConfigHash), MaxConfigHash)
+		return "config_hash", tooLong("config_hash", len(e.ConfigHash), MaxConfigHash)
 	}
-	return ""
+	return "", ""
 }
 
 // checkHeartbeat bounds the heartbeat's fields: they describe the host's

@@ -90,7 +90,7 @@ func TestBadBodiesAreRefusedWhole(t *testing.T) {
 				t.Fatalf("rejected %+v, want seqs %v", e.Rejected, tt.rejected)
 			}
 			for i, r := range e.Rejected {
-				if r.Seq != tt.rejected[i] || r.Error == "" {
+				if r.Seq != tt.rejected[i] || r.Reason == "" {
 					t.Errorf("rejected[%d] = %+v, want seq %d with a reason", i, r, tt.rejected[i])
 				}
 			}
@@ -98,8 +98,8 @@ func TestBadBodiesAreRefusedWhole(t *testing.T) {
 	}
 	// The rejected entry names the field and the limit.
 	rr := post(t, srv, body("worker-a", longErr))
-	if e := decodeError(t, rr); len(e.Rejected) != 1 || e.Rejected[0].EventID != longErr.EventID ||
-		!strings.Contains(e.Rejected[0].Error, "error: 65537 bytes, at most 65536") {
+	if e := decodeError(t, rr); len(e.Rejected) != 1 || e.Rejected[0].EventID != longErr.EventID || e.Rejected[0].Seq != longErr.Seq ||
+		e.Rejected[0].Field != "error" || !strings.Contains(e.Rejected[0].Reason, "error: 65537 bytes, at most 65536") {
 		t.Fatalf("rejected: %+v", e.Rejected)
 	}
 	rows, _ := st.Events(context.Background(), EventFilter{})

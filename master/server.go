@@ -123,7 +123,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(rejected) > 0 {
-		s.log.Warn("report refused: malformed lifecycle events", "host", b.Host, "rejected", len(rejected), "first", rejected[0].Error)
+		s.log.Warn("report refused: malformed lifecycle events", "host", b.Host, "rejected", len(rejected), "first", rejected[0].Reason)
 		writeError(w, http.StatusBadRequest, ErrorBody{
 			Error:    fmt.Sprintf("%d of the body's lifecycle events are malformed; nothing was recorded: set them aside and send the others again", len(rejected)),
 			Rejected: rejected,
