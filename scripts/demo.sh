@@ -69,7 +69,7 @@ git clone -q --bare "$WORK/work" "$WORK/fleet.git"
 "$PA" validate "$WORK/work"
 
 say "reference master on http://$MASTER"
-"$PA" master --listen "$MASTER" --db "$WORK/master.db" --log-level warn &
+"$PA" master --listen "$MASTER" --db "$WORK/master.db" --insecure-no-auth --log-level warn &
 MASTER_PID=$!
 sleep 1
 
