@@ -744,3 +744,63 @@ func TestRedirectIsNotDelivery(t *testing.T) {
 		t.Fatalf("depth %d rejected %d status %+v", box.Depth(), box.Rejected(), s.Status())
 	}
 }
+
+// A flush cancelled while go-retryablehttp waits before a retry ends the
+// wait at once; the attempt that ended counts, the cancel does not.
+func TestCancelDuringTheWaitEndsTheFlush(t *testing.T) {
+	m, srv := newMaster(t, func(int, Body, *http.Request) func(http.ResponseWriter) { return status(503) })
+	box, _ := newBox(t)
+	add(t, box, "a")
+	s, w := newSender(t, box, srv.URL, SenderOptions{RetryWaitMin: time.Hour, RetryWaitMax: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The engine sleeps the whole hour it was given, unless the cancel
+	// ends the wait: a broken wait hangs this test.
+	s.sleepFor = func(d time.Duration) time.Duration {
+		w.take(d)
+		cancel()
+		return d
+	}
+	n, err := s.Flush(ctx, hb)
+	var he *HTTPError
+	if n != 0 || !errors.As(err, &he) || he.StatusCode != 503 {
+		t.Fatalf("flush: %d %v", n, err)
+	}
+	if _, requests := m.snapshot(); requests != 1 || len(w.d) != 1 || w.d[0] != time.Hour {
+		t.Fatalf("requests %d, waits %v", requests, w.d)
+	}
+	if box.Depth() != 1 || box.Rejected() != 0 {
+		t.Fatalf("depth %d rejected %d", box.Depth(), box.Rejected())
+	}
+	if st := s.Status(); st.ConsecutiveFailures != 1 || st.LastHTTPStatus != 503 {
+		t.Errorf("status: %+v", st)
+	}
+}
+
+// A token file gone before a retry (PrepareRetry) stops the flush with a
+// credential error; nothing more is sent, nothing set aside.
+func TestTokenLostBeforeARetryStopsTheFlush(t *testing.T) {
+	tok := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tok, []byte("old\n"), 0o600)
+	m, srv := newMaster(t, func(int, Body, *http.Request) func(http.ResponseWriter) {
+		os.Remove(tok)
+		return status(401)
+	})
+	box, _ := newBox(t)
+	add(t, box, "a")
+	s, w := newSender(t, box, srv.URL, SenderOptions{TokenFile: tok})
+	_, err := s.Flush(context.Background(), hb)
+	if !errors.Is(err, ErrAuth) || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("want ErrAuth for the missing token file, got %v", err)
+	}
+	if _, requests := m.snapshot(); requests != 1 || len(w.d) != 1 {
+		t.Fatalf("requests %d, waits %v: a request went without its token", requests, w.d)
+	}
+	if box.Depth() != 1 || box.Rejected() != 0 {
+		t.Fatalf("depth %d rejected %d", box.Depth(), box.Rejected())
+	}
+	// Both the 401 and the unreadable token are failed attempts.
+	if st := s.Status(); !st.AuthFailing || st.ConsecutiveFailures != 2 || !strings.Contains(st.LastError, "token file") {
+		t.Errorf("status: %+v", st)
+	}
+}
