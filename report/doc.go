@@ -26,6 +26,28 @@
 //     after RetryMax retries, or when the next wait would pass the flush's
 //     deadline, the next Flush starts over with the oldest event.
 //
+// # Retries: go-retryablehttp with our policy
+//
+// The sender's HTTP retry engine is github.com/hashicorp/go-retryablehttp,
+// a dependency the design card fixes: it is well kept and made for the
+// job, and it owns the mechanics (rewinding the []byte body so every
+// attempt sends the same bytes and event IDs, the retry loop, the wait,
+// which ends at once when the flush is cancelled). The policy is this
+// package's, carried by the client's hooks:
+//
+//   - CheckRetry classifies each attempt (delivered, per-event verdict,
+//     413, retryable, or stop for a cancelled flush or a master whose
+//     certificate the agent refuses), records it in the delivery status,
+//     and chooses the wait ([Backoff]: capped exponential with full jitter,
+//     Retry-After on 429/503 honoured exactly); it stops when RetryMax
+//     retries are spent or the wait would end past the flush's deadline.
+//   - Backoff returns the wait CheckRetry chose, which the engine sleeps.
+//   - PrepareRetry reads the token file again before each retry, so a
+//     rotated token is used at once and a lost one stops with [ErrAuth].
+//   - The inner http.Client never follows a redirect, and the engine's
+//     default logger and error summary are off (slog; the answer's status
+//     is kept).
+//
 // [Sender.Status] (safe for concurrent use) says how delivery goes: last
 // error and HTTP status, consecutive failures, whether the credentials are
 // refused ([ErrAuth]), last success. It is also stored in the outbox for
