@@ -39,8 +39,9 @@ func TestRecordDeduplicatesAndNoticesGaps(t *testing.T) {
 }
 
 // Whole-body problems are 400/413 with a JSON message and no rejected
-// list; a body with malformed events is a 400 that names exactly those
-// events. In every case nothing is recorded.
+// list; a body with malformed events (a field too long, a seq out of
+// range) is a 422 verdict that names exactly those events, by event_id and
+// seq, with the field and the reason. In every case nothing is recorded.
 func TestBadBodiesAreRefusedWhole(t *testing.T) {
 	st, srv := newMaster(t, open)
 	bad := ev(2, "d2", "succeeded")
@@ -70,11 +71,11 @@ func TestBadBodiesAreRefusedWhole(t *testing.T) {
 		{"too many events", mustJSON(body("worker-a", tooMany...)), 400, "at most 500 per body", nil},
 		{"oversized heartbeat field", mustJSON(longPassErr), 400, "pass_error: 16385 bytes, at most 16384", nil},
 		{"oversized runtime field", mustJSON(longService), 400, `status.runtime["d1"].services[ssh]: 256 bytes, at most 255`, nil},
-		{"one bad event among good ones", mustJSON(body("worker-a", ev(1, "d1", "succeeded"), bad)), 400, "1 of the body's lifecycle events", []uint64{2}},
-		{"oversized event error", mustJSON(body("worker-a", ev(1, "d1", "succeeded"), longErr)), 400, "malformed", []uint64{3}},
-		{"seq out of range", mustJSON(body("worker-a", bigSeq)), 400, "malformed", []uint64{MaxSeq + 1}},
-		{"seq zero", mustJSON(body("worker-a", ev(0, "d1", "succeeded"))), 400, "malformed", []uint64{0}},
-		{"negative seq", strings.NewReader(`{"host":"worker-a","lifecycle":[{"event_id":"neg-000001","seq":-1,"decky_name":"d1","operation":"deploy","status":"succeeded"}]}`), 400, "malformed", []uint64{0}},
+		{"one bad event among good ones", mustJSON(body("worker-a", ev(1, "d1", "succeeded"), bad)), 422, "1 of the body's lifecycle events", []uint64{2}},
+		{"oversized event error", mustJSON(body("worker-a", ev(1, "d1", "succeeded"), longErr)), 422, "malformed", []uint64{3}},
+		{"seq out of range", mustJSON(body("worker-a", bigSeq)), 422, "malformed", []uint64{MaxSeq + 1}},
+		{"seq zero", mustJSON(body("worker-a", ev(0, "d1", "succeeded"))), 422, "malformed", []uint64{0}},
+		{"negative seq", strings.NewReader(`{"host":"worker-a","lifecycle":[{"event_id":"neg-000001","seq":-1,"decky_name":"d1","operation":"deploy","status":"succeeded"}]}`), 422, "malformed", []uint64{0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

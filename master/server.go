@@ -124,7 +124,9 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(rejected) > 0 {
 		s.log.Warn("report refused: malformed lifecycle events", "host", b.Host, "rejected", len(rejected), "first", rejected[0].Reason)
-		writeError(w, http.StatusBadRequest, ErrorBody{
+		// 422 is the per-event verdict of docs/report-protocol.md: the
+		// agent sets aside exactly the events named.
+		writeError(w, http.StatusUnprocessableEntity, ErrorBody{
 			Error:    fmt.Sprintf("%d of the body's lifecycle events are malformed; nothing was recorded: set them aside and send the others again", len(rejected)),
 			Rejected: rejected,
 		})
