@@ -24,6 +24,15 @@ type PortChecker interface {
 	CheckPorts(ctx context.Context, ip netip.Addr, ports []desired.Port) error
 }
 
+// PortCheckerFunc adapts a function to [PortChecker], e.g. to make sure
+// the host helper link routes to ip before delegating to a [DialChecker].
+type PortCheckerFunc func(ctx context.Context, ip netip.Addr, ports []desired.Port) error
+
+// CheckPorts calls f.
+func (f PortCheckerFunc) CheckPorts(ctx context.Context, ip netip.Addr, ports []desired.Port) error {
+	return f(ctx, ip, ports)
+}
+
 // DialChecker is the real [PortChecker]: it opens a TCP connection to each
 // port at the decky's address and closes it at once, retrying each port
 // until it accepts or Timeout passes. It sends nothing: a SYN, the

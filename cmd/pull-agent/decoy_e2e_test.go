@@ -77,7 +77,7 @@ func decoyPrivileges(t *testing.T, name string) (capEff uint64, noNewPrivs strin
 // and no_new_privs flag are what the Engine was asked for.
 func TestEndToEndDecoyContainersAreConfined(t *testing.T) {
 	w := newWorld(t)
-	w.commit("one decky", [][2]string{{"conf", "ssh, http"}}, nil)
+	w.commit("one decky", [][2]string{{"conf", "ssh, http, smtp"}}, nil)
 	if code, out := w.once(); code != 0 {
 		t.Fatalf("pass exited %d:\n%s", code, out)
 	}
@@ -151,6 +151,18 @@ func TestEndToEndDecoyContainersAreConfined(t *testing.T) {
 		if nnp != "1" {
 			t.Errorf("%s: NoNewPrivs %q, want 1", name, nnp)
 		}
+	}
+	// smtp runs read-only with its own limits (examples/fleet-repo):
+	// read_only: true, limits: {pids: 64, memory: 128m, cpus: 0.5}.
+	smtp := inspect(w.name("conf") + "-smtp").HostConfig
+	if !smtp.ReadonlyRootfs || len(smtp.Tmpfs) != 1 || !strings.Contains(smtp.Tmpfs["/tmp"], "noexec") {
+		t.Errorf("smtp: read-only %v tmpfs %v, want a read-only root with a noexec /tmp", smtp.ReadonlyRootfs, smtp.Tmpfs)
+	}
+	if smtp.PidsLimit == nil || *smtp.PidsLimit != 64 || smtp.Memory != 128<<20 || smtp.NanoCPUs != 500_000_000 {
+		t.Errorf("smtp limits: pids %v memory %d cpus %d, want the catalog's 64, 128m, 0.5", smtp.PidsLimit, smtp.Memory, smtp.NanoCPUs)
+	}
+	if ro := inspect(w.name("conf") + "-ssh").HostConfig; ro.ReadonlyRootfs {
+		t.Errorf("ssh runs read-only without read_only: in the catalog")
 	}
 	// With no capability at all, http still serves port 80 to the LAN.
 	ip := w.addr(w.owned()[w.name("conf")])
