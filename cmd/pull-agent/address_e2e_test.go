@@ -93,9 +93,11 @@ func TestEndToEndAddressFailedDeckyKeepsItsAddress(t *testing.T) {
 			t.Fatalf("pass %d: the new decky got %s, which the failed decky's running containers hold", pass, fIP)
 		}
 	}
+	// f's operation (deploy or mutate) is the agent's wording; what counts
+	// is one failure for f, reported once, and n's success.
 	got := w.events(c2)
-	if !sameStrings(got, []string{"f deploy failed", "n deploy succeeded"}) {
-		t.Fatalf("master events = %v", got)
+	if len(got) != 2 || !strings.HasPrefix(got[0], "f ") || !strings.HasSuffix(got[0], " failed") || got[1] != "n deploy succeeded" {
+		t.Fatalf("master events = %v, want one failure of f and n deployed", got)
 	}
 }
 
