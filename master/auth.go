@@ -90,6 +90,11 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 // trusts that (Options.LoopbackReaders), or auth is off.
 func (s *Server) reader(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		// Every read has its own deadline: a page is a few bounded
+		// queries, never a scan that could run for minutes.
+		ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
 		if s.opt.InsecureNoAuth {
 			h(w, r)
 			return
@@ -109,6 +114,8 @@ func (s *Server) reader(h http.HandlerFunc) http.HandlerFunc {
 		}
 	}
 }
+
+const readTimeout = 15 * time.Second
 
 func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)

@@ -35,8 +35,11 @@ var ErrClosed = errors.New("master store is closed")
 // so a slow reader never holds the connection a report needs.
 type Store struct {
 	w, r *sql.DB
-	pg   bool
-	log  *slog.Logger
+	// a serves the reads of the report path (token checks) on connections
+	// of its own, so that readers of the API cannot starve reports.
+	a   *sql.DB
+	pg  bool
+	log *slog.Logger
 
 	jobs      chan *job
 	wg        stdsync.WaitGroup
@@ -128,6 +131,10 @@ func OpenStoreWith(ctx context.Context, dsn string, opt StoreOptions) (*Store, e
 			s.w.Close()
 			return nil, err
 		}
+		if s.a, err = sql.Open("pgx", dsn); err != nil {
+			s.closeDBs()
+			return nil, err
+		}
 	} else {
 		opt.Writers = 1 // SQLite serialises writers; more would only wait
 		// WAL keeps readers off the writer's back; busy_timeout serialises
@@ -142,9 +149,15 @@ func OpenStoreWith(ctx context.Context, dsn string, opt StoreOptions) (*Store, e
 			s.w.Close()
 			return nil, err
 		}
+		if s.a, err = sql.Open("sqlite", base+"&_pragma=query_only(1)"); err != nil {
+			s.closeDBs()
+			return nil, err
+		}
 	}
 	s.r.SetMaxOpenConns(opt.ReadConns)
 	s.r.SetMaxIdleConns(opt.ReadConns)
+	s.a.SetMaxOpenConns(2)
+	s.a.SetMaxIdleConns(2)
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := s.w.PingContext(pctx); err != nil {
@@ -192,6 +205,9 @@ func (s *Store) closeDBs() {
 	}
 	if s.r != nil {
 		s.r.Close()
+	}
+	if s.a != nil {
+		s.a.Close()
 	}
 }
 

@@ -335,3 +335,50 @@ func TestLegacySQLiteDatabaseIsMigrated(t *testing.T) {
 		t.Fatalf("deckies: %+v", d)
 	}
 }
+
+// Readers never block ingestion: with every read connection held (a slow
+// reader each, inside an open read transaction), a report with a token is
+// still authenticated and recorded. The deadline only turns a hang into a
+// failure; nothing is timed.
+func TestStoreReadersNeverBlockIngestion(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st, err := OpenStoreWith(context.Background(), dsn, StoreOptions{ReadConns: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		ctx := context.Background()
+		record(t, st, body("worker-a", hostEv("worker-a", 1, "succeeded", time.Now())))
+		tok, _, _ := st.AddToken(ctx, AgentToken, "worker-a", time.Now())
+		for i := 0; i < 2; i++ {
+			c, err := st.r.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			tx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback() //nolint:errcheck
+			rows, err := tx.QueryContext(ctx, `SELECT event_id FROM events`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+		}
+		srv := NewServer(st, Options{}, st.log)
+		done := make(chan int, 1)
+		go func() {
+			done <- do(t, srv, "POST", report.HeartbeatPath, mustJSON(body("worker-a", hostEv("worker-a", 2, "succeeded", time.Now()))), tok).Code
+		}()
+		select {
+		case code := <-done:
+			if code != 204 {
+				t.Fatalf("status %d", code)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a report waited for readers")
+		}
+	})
+}

@@ -95,7 +95,7 @@ func (s *Store) Tokens(ctx context.Context) ([]TokenInfo, error) {
 // ActiveTokens counts tokens not revoked, of kind (any kind when empty).
 func (s *Store) ActiveTokens(ctx context.Context, kind string) (int, error) {
 	var n int
-	err := s.r.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM tokens WHERE revoked_ns = 0 AND (kind = ? OR ? = '')`), kind, kind).Scan(&n)
+	err := s.a.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM tokens WHERE revoked_ns = 0 AND (kind = ? OR ? = '')`), kind, kind).Scan(&n)
 	return n, err
 }
 
@@ -130,7 +130,7 @@ func (s *Store) VerifyToken(ctx context.Context, tok string) (TokenInfo, error) 
 	var t TokenInfo
 	var hash string
 	var created, revoked int64
-	err := s.r.QueryRowContext(ctx, s.q(`SELECT id, kind, name, hash, created_ns, revoked_ns FROM tokens WHERE id = ?`), id).
+	err := s.a.QueryRowContext(ctx, s.q(`SELECT id, kind, name, hash, created_ns, revoked_ns FROM tokens WHERE id = ?`), id).
 		Scan(&t.ID, &t.Kind, &t.Name, &hash, &created, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return TokenInfo{}, ErrBadToken
