@@ -257,6 +257,34 @@ CREATE TABLE tokens (
 );
 CREATE INDEX tokens_name ON tokens(kind, name);`,
 	},
+	{
+		version: 3,
+		what:    "host_commits: when each host first reported each commit applied (rollout progress)",
+		sqlite: `
+CREATE TABLE host_commits (
+	host       TEXT NOT NULL,
+	commit_sha TEXT NOT NULL,
+	first_ns   INTEGER NOT NULL,
+	PRIMARY KEY (host, commit_sha)
+);
+CREATE INDEX host_commits_commit ON host_commits(commit_sha, first_ns);
+CREATE INDEX host_commits_first ON host_commits(first_ns);
+INSERT INTO host_commits(host, commit_sha, first_ns) SELECT host, commit_sha, last_heartbeat_ns FROM hosts WHERE commit_sha <> '';
+CREATE INDEX hosts_commit ON hosts(commit_sha);
+CREATE INDEX deckies_state ON deckies(state, host)`,
+		postgres: `
+CREATE TABLE host_commits (
+	host       TEXT NOT NULL,
+	commit_sha TEXT NOT NULL,
+	first_ns   BIGINT NOT NULL,
+	PRIMARY KEY (host, commit_sha)
+);
+CREATE INDEX host_commits_commit ON host_commits(commit_sha, first_ns);
+CREATE INDEX host_commits_first ON host_commits(first_ns);
+INSERT INTO host_commits(host, commit_sha, first_ns) SELECT host, commit_sha, last_heartbeat_ns FROM hosts WHERE commit_sha <> '';
+CREATE INDEX hosts_commit ON hosts(commit_sha);
+CREATE INDEX deckies_state ON deckies(state, host)`,
+	},
 }
 
 // migrate brings the schema to SchemaVersion, one transaction per step.

@@ -64,6 +64,7 @@ ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excl
 	sqlInsertEvent = `
 INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
 VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
+	sqlHostCommit     = `INSERT INTO host_commits(host, commit_sha, first_ns) VALUES(?,?,?) ON CONFLICT DO NOTHING`
 	sqlDeckiesChanged = `UPDATE hosts SET deckies_hash = ? WHERE host = ? AND deckies_hash <> ?`
 	sqlDeleteDeckies  = `DELETE FROM deckies WHERE host = ?`
 	sqlInsertDecky    = `INSERT INTO deckies(host, decky, ip, state, running, services, config_hash, error, updated_ns) VALUES(?,?,?,?,?,?,?,?,?)`
@@ -71,7 +72,7 @@ VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
 
 func (s *Store) prepare(ctx context.Context) error {
 	s.stmts = map[string]*sql.Stmt{}
-	for _, q := range []string{sqlUpsertHost, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
+	for _, q := range []string{sqlUpsertHost, sqlHostCommit, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
 		st, err := s.w.PrepareContext(ctx, s.q(q))
 		if err != nil {
 			return fmt.Errorf("failed to prepare %q: %w", strings.Fields(q)[0:3], err)
@@ -416,6 +417,12 @@ func (s *Store) recordOne(ctx context.Context, tx *sql.Tx, j *job) (Recorded, er
 		b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, now, ns(b.LastFetchOK), ns(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, j.identity)
 	if err != nil {
 		return rec, fmt.Errorf("failed to record the heartbeat of %s: %w", b.Host, err)
+	}
+	if b.Commit != "" {
+		// Rollout progress: when this host first had this commit applied.
+		if _, err := s.exec(ctx, tx, sqlHostCommit, b.Host, b.Commit, now); err != nil {
+			return rec, fmt.Errorf("failed to record the commit of %s: %w", b.Host, err)
+		}
 	}
 	var maxSeq int64
 	for _, e := range b.Lifecycle {

@@ -382,3 +382,61 @@ func TestStoreReadersNeverBlockIngestion(t *testing.T) {
 		}
 	})
 }
+
+// The fleet summary and the rollout of a commit: 150 workers applied it,
+// 30 applied it with a failed decky, 20 are stale on the previous one.
+func TestStoreSummaryAndRollout(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		oldC, newC := strings.Repeat("a", 40), strings.Repeat("b", 40)
+		t0 := time.Now().Add(-time.Hour)
+		for i := 0; i < 200; i++ {
+			host := fmt.Sprintf("worker-%03d", i)
+			b := body(host)
+			b.Commit = oldC
+			b.Status.Runtime = map[string]report.Runtime{"d1": {State: "running"}, "d2": {State: "running"}}
+			if _, err := st.Record(ctx, &b, "", t0); err != nil {
+				t.Fatal(err)
+			}
+			if i >= 180 {
+				continue // stale: never heard of again
+			}
+			b.Commit = newC
+			if i >= 150 {
+				b.Status.Runtime = map[string]report.Runtime{"d1": {State: "running"}, "d2": {State: "failed", Error: "exited (1)"}}
+			}
+			if _, err := st.Record(ctx, &b, "", time.Now().Add(-time.Duration(200-i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tok, _, _ := st.AddToken(ctx, AgentToken, "worker-new", time.Now())
+		_ = tok
+		sum, err := st.Summary(ctx, time.Now(), 10*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Workers.Fresh != 180 || sum.Workers.Stale != 20 || sum.Workers.NeverSeen != 1 || sum.NewestCommit != newC || sum.Applied != 180 ||
+			sum.Deckies["running"] != 370 || sum.Deckies["failed"] != 30 {
+			t.Fatalf("summary: %+v", sum)
+		}
+		ro, err := st.Rollouts(ctx, time.Now(), 10*time.Minute, 5)
+		if err != nil || len(ro) != 2 {
+			t.Fatalf("rollouts: %+v %v", ro, err)
+		}
+		r := ro[0]
+		if r.Commit != newC || r.Applied != 150 || r.Failed != 30 || r.Stale != 20 || r.Behind != 0 {
+			t.Fatalf("rollout of the new commit: %+v", r)
+		}
+		// Workers reported it 1 s apart, over 179 s.
+		if r.P50Seconds < 85 || r.P50Seconds > 95 || r.P95Seconds < 165 || r.P95Seconds > 175 {
+			t.Fatalf("p50 %v p95 %v", r.P50Seconds, r.P95Seconds)
+		}
+		if last := r.Progress[len(r.Progress)-1]; last.Workers != 180 || r.Progress[0].Workers != 1 {
+			t.Fatalf("progress: %+v", r.Progress)
+		}
+		if old := ro[1]; old.Commit != oldC || old.Applied != 0 || old.Stale != 20 || old.Behind != 180 || len(old.BehindHosts) != 20 {
+			t.Fatalf("rollout of the old commit: %+v", old)
+		}
+	})
+}
