@@ -259,7 +259,7 @@ CREATE INDEX tokens_name ON tokens(kind, name);`,
 	},
 	{
 		version: 3,
-		what:    "host_commits: when each host first reported each commit applied (rollout progress)",
+		what:    "host_commits: when each host first reported each commit applied (rollout progress); deckies.mac",
 		sqlite: `
 CREATE TABLE host_commits (
 	host       TEXT NOT NULL,
@@ -271,7 +271,8 @@ CREATE INDEX host_commits_commit ON host_commits(commit_sha, first_ns);
 CREATE INDEX host_commits_first ON host_commits(first_ns);
 INSERT INTO host_commits(host, commit_sha, first_ns) SELECT host, commit_sha, last_heartbeat_ns FROM hosts WHERE commit_sha <> '';
 CREATE INDEX hosts_commit ON hosts(commit_sha);
-CREATE INDEX deckies_state ON deckies(state, host)`,
+CREATE INDEX deckies_state ON deckies(state, host);
+ALTER TABLE deckies ADD COLUMN mac TEXT NOT NULL DEFAULT ''`,
 		postgres: `
 CREATE TABLE host_commits (
 	host       TEXT NOT NULL,
@@ -283,7 +284,8 @@ CREATE INDEX host_commits_commit ON host_commits(commit_sha, first_ns);
 CREATE INDEX host_commits_first ON host_commits(first_ns);
 INSERT INTO host_commits(host, commit_sha, first_ns) SELECT host, commit_sha, last_heartbeat_ns FROM hosts WHERE commit_sha <> '';
 CREATE INDEX hosts_commit ON hosts(commit_sha);
-CREATE INDEX deckies_state ON deckies(state, host)`,
+CREATE INDEX deckies_state ON deckies(state, host);
+ALTER TABLE deckies ADD COLUMN mac TEXT NOT NULL DEFAULT ''`,
 	},
 }
 

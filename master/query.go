@@ -77,20 +77,42 @@ func (s *Store) Hosts(ctx context.Context, now time.Time, staleAfter time.Durati
 // the following page, empty on the last.
 func (s *Store) HostsPage(ctx context.Context, now time.Time, staleAfter time.Duration, hq HostQuery) (rows []HostRow, next string, err error) {
 	limit := pageSize(hq.Limit)
-	res, err := s.r.QueryContext(ctx, s.q(`
-SELECT host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns,
-	pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts
-FROM hosts WHERE host > ? ORDER BY host LIMIT ?`), hq.After, limit+1)
+	rows, err = s.queryHosts(ctx, now, staleAfter, `WHERE host > ? ORDER BY host LIMIT ?`, hq.After, limit+1)
 	if err != nil {
 		return nil, "", err
 	}
+	if len(rows) > limit {
+		rows = rows[:limit]
+		next = rows[limit-1].Host
+	}
+	return rows, next, nil
+}
+
+// Host returns one host, or ok false when it never reported.
+func (s *Store) Host(ctx context.Context, now time.Time, staleAfter time.Duration, host string) (HostRow, bool, error) {
+	rows, err := s.queryHosts(ctx, now, staleAfter, `WHERE host = ?`, host)
+	if err != nil || len(rows) == 0 {
+		return HostRow{}, false, err
+	}
+	return rows[0], true, nil
+}
+
+func (s *Store) queryHosts(ctx context.Context, now time.Time, staleAfter time.Duration, where string, args ...any) ([]HostRow, error) {
+	res, err := s.r.QueryContext(ctx, s.q(`
+SELECT host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns,
+	pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts
+FROM hosts `+where), args...)
+	if err != nil {
+		return nil, err
+	}
 	defer res.Close()
+	var rows []HostRow
 	for res.Next() {
 		var r HostRow
 		var last, fetch, apply int64
 		if err := res.Scan(&r.Host, &r.HostUUID, &r.AgentVersion, &r.Commit, &r.Remote, &last, &fetch, &apply,
 			&r.PassError, &r.OutboxDepth, &r.OutboxRejected, &r.Identity, &r.Events, &r.MaxSeq, &r.SeqConflicts); err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		r.LastHeartbeat = time.Unix(0, last).UTC()
 		r.LastFetchOK, r.LastApply = fromNS(fetch), fromNS(apply)
@@ -101,14 +123,7 @@ FROM hosts WHERE host > ? ORDER BY host LIMIT ?`), hq.After, limit+1)
 		r.MissingSeqs = max(r.MaxSeq-int64(r.Events), 0)
 		rows = append(rows, r)
 	}
-	if err := res.Err(); err != nil {
-		return nil, "", err
-	}
-	if len(rows) > limit {
-		rows = rows[:limit]
-		next = rows[limit-1].Host
-	}
-	return rows, next, nil
+	return rows, res.Err()
 }
 
 // DeckyRow is one decky's current state on one host.
@@ -116,6 +131,7 @@ type DeckyRow struct {
 	Host       string `json:"host"`
 	Decky      string `json:"decky"`
 	IP         string `json:"ip"`
+	MAC        string `json:"mac,omitempty"`
 	State      string `json:"state"`
 	Running    bool   `json:"running"`
 	Services   string `json:"services"`
@@ -165,7 +181,7 @@ func (s *Store) DeckiesPage(ctx context.Context, dq DeckyQuery) (rows []DeckyRow
 	if dq.Host != "" {
 		where, args = append(where, "host = ?"), append(args, dq.Host)
 	}
-	res, err := s.r.QueryContext(ctx, s.q(`SELECT host, decky, ip, state, running, services, config_hash, error, updated_ns FROM deckies
+	res, err := s.r.QueryContext(ctx, s.q(`SELECT host, decky, ip, mac, state, running, services, config_hash, error, updated_ns FROM deckies
 WHERE `+strings.Join(where, " AND ")+` ORDER BY host, decky LIMIT ?`), append(args, limit+1)...)
 	if err != nil {
 		return nil, "", err
@@ -175,7 +191,7 @@ WHERE `+strings.Join(where, " AND ")+` ORDER BY host, decky LIMIT ?`), append(ar
 		var r DeckyRow
 		var running int
 		var updated int64
-		if err := res.Scan(&r.Host, &r.Decky, &r.IP, &r.State, &running, &r.Services, &r.ConfigHash, &r.Error, &updated); err != nil {
+		if err := res.Scan(&r.Host, &r.Decky, &r.IP, &r.MAC, &r.State, &running, &r.Services, &r.ConfigHash, &r.Error, &updated); err != nil {
 			return nil, "", err
 		}
 		r.Running, r.UpdatedAt = running == 1, fromNS(updated)
@@ -224,6 +240,7 @@ const (
 // EventFilter selects lifecycle history.
 type EventFilter struct {
 	Host, Decky, Status string
+	Operation           string // deploy, mutate, teardown, repair
 	Since               time.Time  // received at or after
 	Order               EventOrder // default BySeq
 	After               string     // a cursor from a previous page (same filter and order)
@@ -263,6 +280,9 @@ func (s *Store) EventsPage(ctx context.Context, f EventFilter) (rows []EventRow,
 	}
 	if f.Status != "" {
 		add("status = ?", f.Status)
+	}
+	if f.Operation != "" {
+		add("operation = ?", f.Operation)
 	}
 	if !f.Since.IsZero() {
 		add("received_ns >= ?", ns(f.Since))

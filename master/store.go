@@ -67,7 +67,7 @@ VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
 	sqlHostCommit     = `INSERT INTO host_commits(host, commit_sha, first_ns) VALUES(?,?,?) ON CONFLICT DO NOTHING`
 	sqlDeckiesChanged = `UPDATE hosts SET deckies_hash = ? WHERE host = ? AND deckies_hash <> ?`
 	sqlDeleteDeckies  = `DELETE FROM deckies WHERE host = ?`
-	sqlInsertDecky    = `INSERT INTO deckies(host, decky, ip, state, running, services, config_hash, error, updated_ns) VALUES(?,?,?,?,?,?,?,?,?)`
+	sqlInsertDecky    = `INSERT INTO deckies(host, decky, ip, mac, state, running, services, config_hash, error, updated_ns) VALUES(?,?,?,?,?,?,?,?,?,?)`
 )
 
 func (s *Store) prepare(ctx context.Context) error {
@@ -499,15 +499,15 @@ func (s *Store) recordConflict(ctx context.Context, tx *sql.Tx, host string, e r
 // host row saves rewriting every decky's row each time.
 func (s *Store) replaceDeckies(ctx context.Context, tx *sql.Tx, b *report.Body, now int64) error {
 	type row struct {
-		name, ip, state string
+		name, ip, mac   string
+		state           string
 		running         int
 		services, hash  string
 		err             string
 	}
-	ips := map[string]string{}
-	hashes := map[string]string{}
+	ips, macs, hashes := map[string]string{}, map[string]string{}, map[string]string{}
 	for _, d := range b.Status.Deckies {
-		ips[d.Name], hashes[d.Name] = d.IP, d.ConfigHash
+		ips[d.Name], macs[d.Name], hashes[d.Name] = d.IP, d.MAC, d.ConfigHash
 	}
 	var rows []row
 	for name, rt := range b.Status.Runtime {
@@ -516,12 +516,12 @@ func (s *Store) replaceDeckies(ctx context.Context, tx *sql.Tx, b *report.Body, 
 			svcs = append(svcs, svc+"="+st)
 		}
 		slices.Sort(svcs)
-		rows = append(rows, row{name, ips[name], rt.State, boolInt(rt.Running), strings.Join(svcs, ","), hashes[name], rt.Error})
+		rows = append(rows, row{name, ips[name], macs[name], rt.State, boolInt(rt.Running), strings.Join(svcs, ","), hashes[name], rt.Error})
 	}
 	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(a.name, b.name) })
 	h := sha256.New()
 	for _, r := range rows {
-		fmt.Fprintf(h, "%q %q %q %d %q %q %q\n", r.name, r.ip, r.state, r.running, r.services, r.hash, r.err)
+		fmt.Fprintf(h, "%q %q %q %q %d %q %q %q\n", r.name, r.ip, r.mac, r.state, r.running, r.services, r.hash, r.err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	res, err := s.exec(ctx, tx, sqlDeckiesChanged, sum, b.Host, sum)
@@ -537,7 +537,7 @@ func (s *Store) replaceDeckies(ctx context.Context, tx *sql.Tx, b *report.Body, 
 		return err
 	}
 	for _, r := range rows {
-		if _, err := s.exec(ctx, tx, sqlInsertDecky, b.Host, r.name, r.ip, r.state, r.running, r.services, r.hash, r.err, now); err != nil {
+		if _, err := s.exec(ctx, tx, sqlInsertDecky, b.Host, r.name, r.ip, r.mac, r.state, r.running, r.services, r.hash, r.err, now); err != nil {
 			return err
 		}
 	}
