@@ -240,7 +240,7 @@ const (
 // EventFilter selects lifecycle history.
 type EventFilter struct {
 	Host, Decky, Status string
-	Operation           string // deploy, mutate, teardown, repair
+	Operation           string     // deploy, mutate, teardown, repair
 	Since               time.Time  // received at or after
 	Order               EventOrder // default BySeq
 	After               string     // a cursor from a previous page (same filter and order)

@@ -499,11 +499,11 @@ func (s *Store) recordConflict(ctx context.Context, tx *sql.Tx, host string, e r
 // host row saves rewriting every decky's row each time.
 func (s *Store) replaceDeckies(ctx context.Context, tx *sql.Tx, b *report.Body, now int64) error {
 	type row struct {
-		name, ip, mac   string
-		state           string
-		running         int
-		services, hash  string
-		err             string
+		name, ip, mac  string
+		state          string
+		running        int
+		services, hash string
+		err            string
 	}
 	ips, macs, hashes := map[string]string{}, map[string]string{}, map[string]string{}
 	for _, d := range b.Status.Deckies {
