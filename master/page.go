@@ -4,7 +4,6 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
-	"time"
 )
 
 // Page sizes of the status page: every table is one bounded query, with a
@@ -15,43 +14,42 @@ const (
 	pageFailures = 50
 )
 
-var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
-	"ago": func(sec float64) string { return (time.Duration(sec) * time.Second).String() },
-	"short": func(s string) string {
-		if len(s) > 12 {
-			return s[:12]
-		}
-		return s
-	},
-}).Parse(`<!doctype html>
+var pageTmpl = template.Must(template.New("page").Funcs(consoleFuncs).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pull-agent master</title>
-<meta http-equiv="refresh" content="10">
-<style>
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-.stale,.failed,.degraded,.quarantined,.conflict{background:#fde2e1}.fresh,.running,.succeeded{background:#e3f6e5}
-pre{margin:0;white-space:pre-wrap;max-width:60em}
-</style></head><body>
+<meta http-equiv="refresh" content="10">` + consoleStyle + `</head><body>
+<main>
 <h1>pull-agent master</h1>
+<section id="summary" aria-label="fleet summary">
+<table><tr><th>workers fresh</th><th>stale</th><th>never seen</th>{{range $st, $n := .Summary.Deckies}}<th>deckies {{$st}}</th>{{end}}<th>newest commit</th><th>workers on it</th></tr>
+<tr><td class="num" id="sum-fresh">{{.Summary.Workers.Fresh}}</td><td class="num" id="sum-stale">{{.Summary.Workers.Stale}}</td><td class="num" id="sum-never">{{.Summary.Workers.NeverSeen}}</td>
+{{range $st, $n := .Summary.Deckies}}<td class="num" id="sum-deckies-{{$st}}">{{$n}}</td>{{end}}
+<td>{{short .Summary.NewestCommit}}</td><td class="num" id="sum-applied">{{.Summary.Applied}}</td></tr></table>
+</section>
+<h2>Rollouts</h2>
+<table id="rollouts"><tr><th>commit</th><th>first seen</th><th>applied</th><th>failed</th><th>behind</th><th>stale</th><th>time to apply p50 / p95</th><th>progress</th><th>behind, and why</th></tr>
+{{range .Rollouts}}<tr><td>{{short .Commit}}</td><td>{{.FirstSeen}}</td><td class="applied">{{.Applied}}</td><td class="failed-count">{{.Failed}}</td><td class="behind">{{.Behind}}</td><td class="stale-count">{{.Stale}}</td><td>{{secs .P50Seconds}} / {{secs .P95Seconds}}</td>
+<td>{{chart .Progress $.Total}}</td><td>{{range .BehindHosts}}<a href="/hosts/{{esc .Host}}">{{.Host}}</a> on {{short .Commit}}{{with .PassError}}: {{.}}{{end}}<br>{{end}}</td></tr>
+{{else}}<tr><td colspan="9">no commit reported yet</td></tr>{{end}}
+</table>
 <h2>Hosts</h2>
 <table id="hosts"><tr><th>host</th><th>freshness</th><th>commit</th><th>agent</th><th>outbox</th><th>events</th><th>missing seqs</th><th>seq conflicts</th><th>pass error</th></tr>
-{{range .Hosts}}<tr class="{{if .Stale}}stale{{else}}fresh{{end}}"><td>{{.Host}}</td><td>{{if .Stale}}stale{{else}}fresh{{end}} ({{ago .AgeSeconds}} ago)</td><td>{{short .Commit}}</td><td>{{.AgentVersion}}</td><td>{{.OutboxDepth}}</td><td>{{.Events}}</td><td>{{.MissingSeqs}}</td><td{{if .SeqConflicts}} class="conflict"{{end}}>{{.SeqConflicts}}</td><td>{{.PassError}}</td></tr>
+{{range .Hosts}}<tr class="{{if .Stale}}stale{{else}}fresh{{end}}"><td><a href="/hosts/{{esc .Host}}">{{.Host}}</a></td><td>{{if .Stale}}stale{{else}}fresh{{end}} ({{ago .AgeSeconds}} ago)</td><td>{{short .Commit}}</td><td>{{.AgentVersion}}</td><td>{{.OutboxDepth}}</td><td>{{.Events}}</td><td>{{.MissingSeqs}}</td><td{{if .SeqConflicts}} class="conflict"{{end}}>{{.SeqConflicts}}</td><td>{{.PassError}}</td></tr>
 {{else}}<tr><td colspan="9">no host has reported yet</td></tr>{{end}}
 </table>
 {{with .HostsNext}}<p><a id="hosts-next" href="{{.}}">more hosts</a></p>{{end}}
 <h2>Deckies</h2>
 <table id="deckies"><tr><th>host</th><th>decky</th><th>address</th><th>state</th><th>services</th><th>error</th></tr>
-{{range .Deckies}}<tr class="{{.State}}"><td>{{.Host}}</td><td>{{.Decky}}</td><td>{{.IP}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
+{{range .Deckies}}<tr class="{{.State}}"><td><a href="/hosts/{{esc .Host}}">{{.Host}}</a></td><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .Decky}}">{{.Decky}}</a></td><td>{{.IP}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
 {{else}}<tr><td colspan="6">no deckies</td></tr>{{end}}
 </table>
 {{with .DeckiesNext}}<p><a id="deckies-next" href="{{.}}">more deckies</a></p>{{end}}
 <h2>Recent failures</h2>
 <table id="failures"><tr><th>when</th><th>host</th><th>decky</th><th>operation</th><th>commit</th><th>error</th></tr>
-{{range .Failures}}<tr class="failed"><td>{{.CompletedAt}}</td><td>{{.Host}}</td><td>{{.DeckyName}}</td><td>{{.Operation}}</td><td>{{short .Commit}}</td><td><pre>{{.Error}}</pre></td></tr>
+{{range .Failures}}<tr class="failed"><td>{{.CompletedAt}}</td><td><a href="/hosts/{{esc .Host}}?status=failed">{{.Host}}</a></td><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .DeckyName}}">{{.DeckyName}}</a></td><td>{{.Operation}}</td><td>{{short .Commit}}</td><td><pre>{{.Error}}</pre></td></tr>
 {{else}}<tr><td colspan="6">no failures</td></tr>{{end}}
 </table>
 {{with .FailuresNext}}<p><a id="failures-next" href="{{.}}">older failures</a></p>{{end}}
-</body></html>
+</main></body></html>
 `))
 
 // page renders the status page: one page of hosts, one of deckies, and
@@ -60,6 +58,16 @@ pre{margin:0;white-space:pre-wrap;max-width:60em}
 func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	q := r.URL.Query()
+	sum, err := s.store.Summary(ctx, s.now(), s.opt.StaleAfter)
+	if err != nil {
+		writeQueryError(w, err)
+		return
+	}
+	rollouts, err := s.store.Rollouts(ctx, s.now(), s.opt.StaleAfter, 5)
+	if err != nil {
+		writeQueryError(w, err)
+		return
+	}
 	hosts, hostsNext, err := s.store.HostsPage(ctx, s.now(), s.opt.StaleAfter, HostQuery{After: q.Get("hosts"), Limit: pageHosts})
 	if err != nil {
 		writeQueryError(w, err)
@@ -88,6 +96,7 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = pageTmpl.Execute(w, map[string]any{
+		"Summary": sum, "Rollouts": rollouts, "Total": sum.Workers.Fresh + sum.Workers.Stale,
 		"Hosts": hosts, "HostsNext": link("hosts", hostsNext),
 		"Deckies": deckies, "DeckiesNext": link("deckies", deckiesNext),
 		"Failures": fails, "FailuresNext": link("failures", failsNext),

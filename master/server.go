@@ -56,6 +56,7 @@ func NewServer(store *Store, opt Options, log *slog.Logger) *Server {
 	s.mux.HandleFunc("GET /api/v1/conflicts", s.reader(s.conflicts))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	s.mux.HandleFunc("GET /{$}", s.reader(s.page))
+	s.routeConsole()
 	return s
 }
 

@@ -1,0 +1,225 @@
+package master
+
+import (
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The fleet console: the summary and rollouts on the main page, a page per
+// host and per decky, and the same views in the JSON API. Every list is
+// one bounded, paginated query.
+
+// Row limits of the console's pages (documented in report-protocol.md).
+const (
+	pageHostDeckies = 300
+	pageHostEvents  = 100
+	pageDeckyEvents = 100
+)
+
+func (s *Server) routeConsole() {
+	s.mux.HandleFunc("GET /api/v1/summary", s.reader(s.apiSummary))
+	s.mux.HandleFunc("GET /api/v1/rollouts", s.reader(s.apiRollouts))
+	s.mux.HandleFunc("GET /api/v1/hosts/{host}", s.reader(s.apiHost))
+	s.mux.HandleFunc("GET /api/v1/deckies/{host}/{decky}/events", s.reader(s.apiDeckyEvents))
+	s.mux.HandleFunc("GET /hosts/{host}", s.reader(s.hostPage))
+	s.mux.HandleFunc("GET /hosts/{host}/deckies/{decky}", s.reader(s.deckyPage))
+}
+
+func (s *Server) apiSummary(w http.ResponseWriter, r *http.Request) {
+	sum, err := s.store.Summary(r.Context(), s.now(), s.opt.StaleAfter)
+	writeJSON(w, sum, err)
+}
+
+func (s *Server) apiRollouts(w http.ResponseWriter, r *http.Request) {
+	n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+	ro, err := s.store.Rollouts(r.Context(), s.now(), s.opt.StaleAfter, n)
+	writeJSON(w, nonNil(ro), err)
+}
+
+// HostDetail is one host's page as JSON.
+type HostDetail struct {
+	Host        HostRow    `json:"host"`
+	Deckies     []DeckyRow `json:"deckies"`
+	DeckiesNext string     `json:"deckies_next,omitempty"`
+	Events      []EventRow `json:"events"` // newest first, filtered by decky, status, operation, since
+	EventsNext  string     `json:"events_next,omitempty"`
+}
+
+// hostDetail loads a host with one page of deckies and of history; ok
+// false (404) when the host never reported.
+func (s *Server) hostDetail(r *http.Request) (d HostDetail, ok bool, err error) {
+	ctx, q := r.Context(), r.URL.Query()
+	host := r.PathValue("host")
+	d.Host, ok, err = s.store.Host(ctx, s.now(), s.opt.StaleAfter, host)
+	if err != nil || !ok {
+		return d, ok, err
+	}
+	if d.Deckies, d.DeckiesNext, err = s.store.DeckiesPage(ctx, DeckyQuery{Host: host, After: q.Get("deckies"), Limit: pageHostDeckies}); err != nil {
+		return d, true, err
+	}
+	f := EventFilter{Host: host, Decky: q.Get("decky"), Status: q.Get("status"), Operation: q.Get("operation"),
+		Order: NewestFirst, After: q.Get("events"), Limit: pageHostEvents}
+	if v := q.Get("since"); v != "" {
+		if f.Since, err = time.Parse(time.RFC3339, v); err != nil {
+			return d, true, fmt.Errorf("%w: since must be RFC 3339, e.g. 2026-11-27T10:00:00Z", ErrBadCursor)
+		}
+	}
+	d.Events, d.EventsNext, err = s.store.EventsPage(ctx, f)
+	return d, true, err
+}
+
+func (s *Server) apiHost(w http.ResponseWriter, r *http.Request) {
+	d, ok, err := s.hostDetail(r)
+	if err == nil && !ok {
+		errorf(w, http.StatusNotFound, "host %q has never reported", r.PathValue("host"))
+		return
+	}
+	d.Deckies, d.Events = nonNil(d.Deckies), nonNil(d.Events)
+	writeJSON(w, d, err)
+}
+
+func (s *Server) deckyEvents(r *http.Request) ([]EventRow, string, error) {
+	return s.store.EventsPage(r.Context(), EventFilter{Host: r.PathValue("host"), Decky: r.PathValue("decky"),
+		Order: NewestFirst, After: r.URL.Query().Get("after"), Limit: pageDeckyEvents})
+}
+
+func (s *Server) apiDeckyEvents(w http.ResponseWriter, r *http.Request) {
+	rows, next, err := s.deckyEvents(r)
+	setNext(w, r, "after", next)
+	writeJSON(w, nonNil(rows), err)
+}
+
+var consoleFuncs = template.FuncMap{
+	"ago": func(sec float64) string { return (time.Duration(sec) * time.Second).String() },
+	"short": func(s string) string {
+		if len(s) > 12 {
+			return s[:12]
+		}
+		return s
+	},
+	"secs": func(s float64) string { return (time.Duration(s*float64(time.Second)) / time.Second * time.Second).String() },
+	"firstLine": func(s string) string {
+		line, _, _ := strings.Cut(s, "\n")
+		return line
+	},
+	"esc": url.PathEscape,
+	// chart draws a rollout's progress as an inline SVG polyline: no
+	// external assets, the master works air-gapped.
+	"chart": func(pts []RolloutPoint, total int) template.HTML {
+		if len(pts) == 0 || total == 0 {
+			return ""
+		}
+		const w, h = 160.0, 32.0
+		var b strings.Builder
+		for i, p := range pts {
+			x := w * float64(i) / float64(max(len(pts)-1, 1))
+			y := h - h*float64(p.Workers)/float64(total)
+			fmt.Fprintf(&b, "%.1f,%.1f ", x, y)
+		}
+		last := pts[len(pts)-1].Workers
+		return template.HTML(fmt.Sprintf(`<svg width="%.0f" height="%.0f" role="img" aria-label="%d of %d workers over time"><polyline fill="none" stroke="#2a7" stroke-width="2" points="%s"/></svg>`,
+			w, h, last, total, strings.TrimSpace(b.String())))
+	},
+}
+
+const consoleStyle = `<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+.stale,.failed,.degraded,.quarantined,.conflict{background:#fde2e1}.fresh,.running,.succeeded{background:#e3f6e5}
+pre{margin:0;white-space:pre-wrap;max-width:60em}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}
+.num{font-size:1.4em;font-weight:bold}nav a{margin-right:1em}
+</style>`
+
+var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.Host.Host}} · pull-agent master</title>` + consoleStyle + `</head><body>
+<nav><a href="/">fleet</a></nav>
+<main>
+<h1>{{.Host.Host}}</h1>
+<dl id="host">
+<dt>freshness</dt><dd class="{{if .Host.Stale}}stale{{else}}fresh{{end}}">{{if .Host.Stale}}stale{{else}}fresh{{end}} (last heartbeat {{ago .Host.AgeSeconds}} ago)</dd>
+<dt>commit</dt><dd>{{.Host.Commit}}</dd>
+<dt>agent</dt><dd>{{.Host.AgentVersion}}</dd>
+<dt>outbox</dt><dd>{{.Host.OutboxDepth}} queued, {{.Host.OutboxRejected}} set aside</dd>
+<dt>events</dt><dd>{{.Host.Events}} recorded, {{.Host.MissingSeqs}} missing seqs, {{.Host.SeqConflicts}} seq conflicts</dd>
+<dt>last pass error</dt><dd><pre>{{.Host.PassError}}</pre></dd>
+</dl>
+<h2>Deckies</h2>
+<table id="deckies"><tr><th>decky</th><th>address</th><th>MAC</th><th>state</th><th>services</th><th>error</th></tr>
+{{range .Deckies}}<tr class="{{.State}}"><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .Decky}}">{{.Decky}}</a></td><td>{{.IP}}</td><td>{{.MAC}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
+{{else}}<tr><td colspan="6">no deckies</td></tr>{{end}}
+</table>
+{{with .DeckiesNext}}<p><a href="{{.}}">more deckies</a></p>{{end}}
+<h2>Lifecycle history</h2>
+<form method="get" aria-label="filter the history">
+<label>decky <input name="decky" value="{{.Filter.Decky}}" size="12"></label>
+<label>status <select name="status">{{range .Statuses}}<option{{if eq . $.Filter.Status}} selected{{end}}>{{.}}</option>{{end}}</select></label>
+<label>operation <select name="operation">{{range .Operations}}<option{{if eq . $.Filter.Operation}} selected{{end}}>{{.}}</option>{{end}}</select></label>
+<label>since <input name="since" value="{{.Filter.Since}}" placeholder="2026-11-27T10:00:00Z" size="22"></label>
+<button>filter</button></form>
+<table id="events"><tr><th>completed</th><th>seq</th><th>decky</th><th>operation</th><th>status</th><th>commit</th><th>note / error</th></tr>
+{{range .Events}}<tr class="{{.Status}}"><td>{{.CompletedAt}}</td><td>{{.Seq}}</td><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .DeckyName}}">{{.DeckyName}}</a></td><td>{{.Operation}}</td><td>{{.Status}}</td><td>{{short .Commit}}</td><td>{{.Note}}{{if .Error}}<details><summary>{{firstLine .Error}}</summary><pre>{{.Error}}</pre></details>{{end}}</td></tr>
+{{else}}<tr><td colspan="7">no events</td></tr>{{end}}
+</table>
+{{with .EventsNext}}<p><a href="{{.}}">older events</a></p>{{end}}
+</main></body></html>
+`))
+
+var deckyTmpl = template.Must(template.New("decky").Funcs(consoleFuncs).Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.Decky}} on {{.Host}} · pull-agent master</title>` + consoleStyle + `</head><body>
+<nav><a href="/">fleet</a><a href="/hosts/{{esc .Host}}">{{.Host}}</a></nav>
+<main>
+<h1>{{.Decky}} <small>on {{.Host}}</small></h1>
+<table id="events"><tr><th>completed</th><th>seq</th><th>operation</th><th>status</th><th>commit</th><th>config</th><th>note / error</th></tr>
+{{range .Events}}<tr class="{{.Status}}"><td>{{.CompletedAt}}</td><td>{{.Seq}}</td><td>{{.Operation}}</td><td>{{.Status}}</td><td>{{short .Commit}}</td><td>{{short .ConfigHash}}</td><td>{{.Note}}{{if .Error}}<details><summary>{{firstLine .Error}}</summary><pre>{{.Error}}</pre></details>{{end}}</td></tr>
+{{else}}<tr><td colspan="7">no events</td></tr>{{end}}
+</table>
+{{with .Next}}<p><a href="{{.}}">older events</a></p>{{end}}
+</main></body></html>
+`))
+
+// nextLink is the current URL with param set to next ("" when none).
+func nextLink(r *http.Request, param, next string) string {
+	if next == "" {
+		return ""
+	}
+	q := r.URL.Query()
+	q.Set(param, next)
+	return r.URL.Path + "?" + q.Encode()
+}
+
+func (s *Server) hostPage(w http.ResponseWriter, r *http.Request) {
+	d, ok, err := s.hostDetail(r)
+	if err != nil {
+		writeQueryError(w, err)
+		return
+	}
+	if !ok {
+		errorf(w, http.StatusNotFound, "host %q has never reported", r.PathValue("host"))
+		return
+	}
+	q := r.URL.Query()
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = hostTmpl.Execute(w, map[string]any{
+		"Host": d.Host, "Deckies": d.Deckies, "DeckiesNext": nextLink(r, "deckies", d.DeckiesNext),
+		"Events": d.Events, "EventsNext": nextLink(r, "events", d.EventsNext),
+		"Filter":     map[string]string{"Decky": q.Get("decky"), "Status": q.Get("status"), "Operation": q.Get("operation"), "Since": q.Get("since")},
+		"Statuses":   []string{"", "succeeded", "failed", "quarantined", "running"},
+		"Operations": []string{"", "deploy", "mutate", "teardown", "repair"},
+	})
+}
+
+func (s *Server) deckyPage(w http.ResponseWriter, r *http.Request) {
+	rows, next, err := s.deckyEvents(r)
+	if err != nil {
+		writeQueryError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = deckyTmpl.Execute(w, map[string]any{"Host": r.PathValue("host"), "Decky": r.PathValue("decky"),
+		"Events": rows, "Next": nextLink(r, "after", next)})
+}
