@@ -102,7 +102,9 @@ var consoleFuncs = template.FuncMap{
 		}
 		return s
 	},
-	"secs": func(s float64) string { return (time.Duration(s*float64(time.Second)) / time.Second * time.Second).String() },
+	"secs": func(s float64) string {
+		return (time.Duration(s*float64(time.Second)) / time.Second * time.Second).String()
+	},
 	"firstLine": func(s string) string {
 		line, _, _ := strings.Cut(s, "\n")
 		return line
