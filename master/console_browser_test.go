@@ -82,7 +82,7 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 		}
 	}
 	rows := func(table string) int {
-		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('` + table + ` tr').length - 1`))
+		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('`+table+` tr').length - 1`))
 		if err != nil {
 			t.Fatal(err)
 		}
