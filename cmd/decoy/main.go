@@ -8,6 +8,8 @@
 //	hold          block until SIGTERM/SIGINT (the decky's base container)
 //	serve         answer on DECOY_PORTS with a protocol-flavoured banner
 //	exit N        exit at once with status N (a deliberately broken service)
+//	netless       exit 0 when the only network interface is loopback, else 1
+//	              (a Dockerfile RUN step proving the build had no network)
 //
 // serve reads its persona from the environment, which the agent fills from
 // the fleet repo's service_config:
@@ -66,6 +68,23 @@ func run(ctx context.Context, args []string) int {
 		}
 		fmt.Fprintf(os.Stderr, "decoy: exiting with status %d as configured\n", code)
 		return code
+	case "netless":
+		ifs, err := net.Interfaces()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "decoy: %v\n", err)
+			return 1
+		}
+		var found []string
+		for _, i := range ifs {
+			if i.Flags&net.FlagLoopback == 0 {
+				found = append(found, i.Name)
+			}
+		}
+		if len(found) > 0 {
+			fmt.Fprintf(os.Stderr, "decoy: this step has a network: %v\n", found)
+			return 1
+		}
+		return 0
 	case "serve":
 		fmt.Fprintf(os.Stderr, "decoy: privileges %s\n", privileges())
 		if err := serve(ctx, persona{
@@ -79,7 +98,7 @@ func run(ctx context.Context, args []string) int {
 		}
 		return 0
 	default:
-		fmt.Fprintf(os.Stderr, "decoy: unknown mode %q (want hold, serve or exit)\n", mode)
+		fmt.Fprintf(os.Stderr, "decoy: unknown mode %q (want hold, serve, exit or netless)\n", mode)
 		return 2
 	}
 }

@@ -173,25 +173,34 @@ func TestEndToEndDecoyContainersAreConfined(t *testing.T) {
 
 // TestEndToEndBuildFromAbsentImageFailsAtOnce: a Dockerfile FROM an image
 // the worker does not have fails that decky at once, naming the image and
-// the Dockerfile line; the other deckies converge; nothing is pulled.
+// the Dockerfile line; the other deckies converge; nothing is pulled. The
+// "sealed" decky's image has a RUN step that fails when it sees any
+// network interface but loopback: it builds only because RUN steps get no
+// network.
 func TestEndToEndBuildFromAbsentImageFailsAtOnce(t *testing.T) {
 	spy := newDockerSpy(t)
 	w := newWorld(t)
 	absent := "pull-agent-test/absent-" + w.host + ":1"
 	fleet := readFile(t, filepath.Join(w.repo.Work, "fleet.yaml"))
-	fleet = strings.Replace(fleet, "services:\n", "services:\n  offline:\n    build: services/offline\n    ports: [8080]\n", 1)
+	fleet = strings.Replace(fleet, "services:\n", "services:\n  offline:\n    build: services/offline\n    ports: [8080]\n"+
+		"  sealed:\n    build: services/sealed\n    ports: [8080]\n", 1)
 	fleettest.AddDecoy(t, w.repo, "services/offline")
+	fleettest.AddDecoy(t, w.repo, "services/sealed")
 	since := time.Now()
-	commit := w.commit("a service built FROM an image the worker lacks", [][2]string{{"good", "ssh"}, {"bad", "offline"}, {"fine", "http"}}, map[string]string{
+	commit := w.commit("a service built FROM an image the worker lacks", [][2]string{{"good", "ssh"}, {"bad", "offline"}, {"sealed", "sealed"}}, map[string]string{
 		"fleet.yaml":                  fleet,
 		"services/offline/Dockerfile": "FROM " + absent + "\nCOPY decoy /decoy\nENTRYPOINT [\"/decoy\"]\n",
+		"services/sealed/Dockerfile": "FROM scratch\nCOPY decoy /decoy\nRUN [\"/decoy\", \"netless\"]\n" +
+			"ENV DECOY_PORTS=8080\nENTRYPOINT [\"/decoy\"]\nCMD [\"serve\"]\n" +
+			"LABEL test=" + w.host + "\n", // a new image each run: it must really be built
 	})
 	code, out := w.once()
 	if code != 1 {
 		t.Fatalf("a pass with a failing decky must exit 1, got %d:\n%s", code, out)
 	}
-	if got := w.events(commit); !sameStrings(got, []string{"bad deploy failed", "fine deploy succeeded", "good deploy succeeded"}) {
-		t.Fatalf("master events = %v", got)
+	if got := w.events(commit); !sameStrings(got, []string{"bad deploy failed", "good deploy succeeded", "sealed deploy succeeded"}) {
+		rows, _ := w.store.Events(context.Background(), master.EventFilter{Host: w.host, Status: "failed"})
+		t.Fatalf("master events = %v; failures: %+v", got, rows)
 	}
 	rows, err := w.store.Events(context.Background(), master.EventFilter{Host: w.host, Status: "failed"})
 	if err != nil || len(rows) != 1 {
