@@ -43,7 +43,9 @@ func (s *Server) apiRollouts(w http.ResponseWriter, r *http.Request) {
 
 // HostDetail is one host's page as JSON.
 type HostDetail struct {
-	Host        HostRow    `json:"host"`
+	Host HostRow `json:"host"`
+	// Troubled lists its deckies that are not running, first (bounded).
+	Troubled    []DeckyRow `json:"troubled"`
 	Deckies     []DeckyRow `json:"deckies"`
 	DeckiesNext string     `json:"deckies_next,omitempty"`
 	Events      []EventRow `json:"events"` // newest first, filtered by decky, status, operation, since
@@ -58,6 +60,9 @@ func (s *Server) hostDetail(r *http.Request) (d HostDetail, ok bool, err error) 
 	d.Host, ok, err = s.store.Host(ctx, s.now(), s.opt.StaleAfter, host)
 	if err != nil || !ok {
 		return d, ok, err
+	}
+	if d.Troubled, _, err = s.store.DeckiesPage(ctx, DeckyQuery{Host: host, Troubled: true, Limit: pageHostDeckies}); err != nil {
+		return d, true, err
 	}
 	if d.Deckies, d.DeckiesNext, err = s.store.DeckiesPage(ctx, DeckyQuery{Host: host, After: q.Get("deckies"), Limit: pageHostDeckies}); err != nil {
 		return d, true, err
@@ -79,7 +84,7 @@ func (s *Server) apiHost(w http.ResponseWriter, r *http.Request) {
 		errorf(w, http.StatusNotFound, "host %q has never reported", r.PathValue("host"))
 		return
 	}
-	d.Deckies, d.Events = nonNil(d.Deckies), nonNil(d.Events)
+	d.Deckies, d.Events, d.Troubled = nonNil(d.Deckies), nonNil(d.Events), nonNil(d.Troubled)
 	writeJSON(w, d, err)
 }
 
@@ -150,6 +155,10 @@ var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!d
 <dt>events</dt><dd>{{.Host.Events}} recorded, {{.Host.MissingSeqs}} missing seqs, {{.Host.SeqConflicts}} seq conflicts</dd>
 <dt>last pass error</dt><dd><pre>{{.Host.PassError}}</pre></dd>
 </dl>
+{{with .Troubled}}<h2>Deckies not running</h2>
+<table id="troubled"><tr><th>decky</th><th>address</th><th>MAC</th><th>state</th><th>services</th><th>error</th></tr>
+{{range .}}<tr class="{{.State}}"><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .Decky}}">{{.Decky}}</a></td><td>{{.IP}}</td><td>{{.MAC}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
+{{end}}</table>{{end}}
 <h2>Deckies</h2>
 <table id="deckies"><tr><th>decky</th><th>address</th><th>MAC</th><th>state</th><th>services</th><th>error</th></tr>
 {{range .Deckies}}<tr class="{{.State}}"><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .Decky}}">{{.Decky}}</a></td><td>{{.IP}}</td><td>{{.MAC}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
@@ -207,7 +216,7 @@ func (s *Server) hostPage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = hostTmpl.Execute(w, map[string]any{
-		"Host": d.Host, "Deckies": d.Deckies, "DeckiesNext": nextLink(r, "deckies", d.DeckiesNext),
+		"Host": d.Host, "Troubled": d.Troubled, "Deckies": d.Deckies, "DeckiesNext": nextLink(r, "deckies", d.DeckiesNext),
 		"Events": d.Events, "EventsNext": nextLink(r, "events", d.EventsNext),
 		"Filter":     map[string]string{"Decky": q.Get("decky"), "Status": q.Get("status"), "Operation": q.Get("operation"), "Since": q.Get("since")},
 		"Statuses":   []string{"", "succeeded", "failed", "quarantined", "running"},

@@ -125,8 +125,8 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 	if !strings.Contains(events, "d2") || !strings.Contains(events, "container d2-http: exited (1)") {
 		t.Fatalf("the failed worker's history:\n%s", events)
 	}
-	if d := text("#deckies"); !strings.Contains(d, "failed") || !strings.Contains(d, "bind: address already in use") {
-		t.Fatalf("the failed worker's deckies do not show the failing one")
+	if d := text("#troubled"); !strings.Contains(d, "d2") || !strings.Contains(d, "failed") || !strings.Contains(d, "bind: address already in use") {
+		t.Fatalf("the failed worker's page does not put the failing decky first:\n%s", d)
 	}
 	if n := rows("#deckies"); n > pageHostDeckies || n != 250 {
 		t.Errorf("host page deckies: %d rows (limit %d)", n, pageHostDeckies)

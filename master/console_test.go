@@ -94,7 +94,7 @@ func TestConsolePagesAndAPI(t *testing.T) {
 	if code != 200 || !strings.Contains(host, `<td>d2</a>`) && !strings.Contains(host, `>d2</a>`) || !strings.Contains(host, "bind: address already in use") {
 		t.Fatalf("host page (%d):\n%s", code, host)
 	}
-	if n := strings.Count(host, `<tr class="failed">`); n != 2 { // the decky row and its event
+	if n := strings.Count(host, `<tr class="failed">`); n != 3 { // troubled, the decky table, its event
 		t.Errorf("failed rows on the host page: %d", n)
 	}
 	code, decky := get("/hosts/worker-150/deckies/d2")
@@ -116,7 +116,7 @@ func TestConsolePagesAndAPI(t *testing.T) {
 	}
 	var hd HostDetail
 	if _, b := get("/api/v1/hosts/worker-150?status=failed"); json.Unmarshal([]byte(b), &hd) != nil || hd.Host.Host != "worker-150" ||
-		len(hd.Deckies) != 4 || hd.Deckies[1].MAC == "" || len(hd.Events) != 1 || hd.Events[0].DeckyName != "d2" {
+		len(hd.Deckies) != 4 || hd.Deckies[1].MAC == "" || len(hd.Troubled) != 1 || hd.Troubled[0].Decky != "d2" || len(hd.Events) != 1 || hd.Events[0].DeckyName != "d2" {
 		t.Errorf("api host: %s", b)
 	}
 	var evs []EventRow

@@ -142,9 +142,10 @@ type DeckyRow struct {
 
 // DeckyQuery selects and pages deckies in (host, decky) order.
 type DeckyQuery struct {
-	Host  string // only this host's
-	After string // a cursor from a previous page
-	Limit int    // default DefaultPageSize, at most MaxPageSize
+	Host     string // only this host's
+	Troubled bool   // only deckies not running (failed, degraded, quarantined, absent)
+	After    string // a cursor from a previous page
+	Limit    int    // default DefaultPageSize, at most MaxPageSize
 }
 
 // Deckies lists every decky, optionally of one host.
@@ -180,6 +181,9 @@ func (s *Store) DeckiesPage(ctx context.Context, dq DeckyQuery) (rows []DeckyRow
 	where, args := []string{"(host > ? OR (host = ? AND decky > ?))"}, []any{c.Host, c.Host, c.Decky}
 	if dq.Host != "" {
 		where, args = append(where, "host = ?"), append(args, dq.Host)
+	}
+	if dq.Troubled {
+		where = append(where, "state <> 'running'")
 	}
 	res, err := s.r.QueryContext(ctx, s.q(`SELECT host, decky, ip, mac, state, running, services, config_hash, error, updated_ns FROM deckies
 WHERE `+strings.Join(where, " AND ")+` ORDER BY host, decky LIMIT ?`), append(args, limit+1)...)
