@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/decnet/pull-agent/agent"
 	"sort"
 	"strings"
 	stdsync "sync"
@@ -36,7 +37,7 @@ func BenchmarkCreateDeckiesVsRawAPI(b *testing.B) {
 	a := w.newRunAgent(b, w.repo.FileURL(), "--probe=false", "--steady-samples", "1", "--steady-interval", "50ms", "--parallel", "4")
 	ctx := context.Background()
 	docker := testDocker(b)
-	if res, err := a.onePass(ctx, true); err != nil || res.failed != 0 {
+	if res, err := a.Pass(ctx, agent.PassOptions{Full: true}); err != nil || res.Failed != 0 {
 		b.Fatalf("warm-up pass (builds the images): %+v %v", res, err)
 	}
 	tmpl := captureDeckies(b, docker, w)
@@ -58,9 +59,9 @@ func BenchmarkCreateDeckiesVsRawAPI(b *testing.B) {
 		teardown()
 		b.StartTimer()
 		t0 := time.Now()
-		res, err := a.onePass(ctx, true)
+		res, err := a.Pass(ctx, agent.PassOptions{Full: true})
 		agentT += time.Since(t0)
-		if err != nil || res.failed != 0 || len(res.results) != n {
+		if err != nil || res.Failed != 0 || len(res.Results) != n {
 			b.Fatalf("agent pass: %+v %v", res, err)
 		}
 		b.StopTimer()

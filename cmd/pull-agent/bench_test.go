@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/decnet/pull-agent/agent"
 	"os/exec"
 	"strings"
 	"testing"
@@ -27,16 +28,16 @@ func BenchmarkNoOpPassVsLsRemote(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			a := w.newRunAgent(b, remote)
 			ctx := context.Background()
-			if _, err := a.onePass(ctx, false); err != nil {
+			if _, err := a.Pass(ctx, agent.PassOptions{}); err != nil {
 				b.Fatal(err)
 			}
 			var pass, ls time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				t0 := time.Now()
-				res, err := a.onePass(ctx, false)
+				res, err := a.Pass(ctx, agent.PassOptions{})
 				pass += time.Since(t0)
-				if err != nil || !res.skipped {
+				if err != nil || !res.Skipped {
 					b.Fatalf("not a no-op pass: %+v %v", res, err)
 				}
 				t0 = time.Now()

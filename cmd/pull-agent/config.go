@@ -9,11 +9,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/decnet/pull-agent/agent"
+	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
 	fleetsync "github.com/decnet/pull-agent/sync"
 )
 
-// agentConfig holds the flags of once, run and plan.
+// agentConfig holds the flags of once, run and plan. The three share one
+// flag set, so one environment (or config file) serves every command; a
+// command ignores the flags it has no use for (plan reports nothing).
 type agentConfig struct {
 	log logOptions
 
@@ -53,16 +57,16 @@ type agentConfig struct {
 	helper        string
 	reportTimeout time.Duration
 
-	// run only
+	// daemon (run)
 	interval   time.Duration
 	resync     time.Duration
 	metrics    string
 	staleAfter time.Duration
-	// plan only
+	// plan
 	json bool
 }
 
-func (c *agentConfig) bind(f *flags, withMaster bool) {
+func (c *agentConfig) bind(f *flags) {
 	c.log.bind(f)
 	f.List(&c.repos, "repo", "fleet repository URL: https://, file:// or a path to a bare mirror; tried in order")
 	f.String(&c.ref, "ref", "main", "branch (or full ref such as refs/tags/v3) to follow")
@@ -90,16 +94,19 @@ func (c *agentConfig) bind(f *flags, withMaster bool) {
 	f.Bool(&c.allowPull, "allow-pull", false, "let Compose pull image references missing on this worker from a registry")
 	f.Bool(&c.probe, "probe", true, "probe every address with ARP before its first use and skip addresses in use (RFC 5227)")
 	f.String(&c.helper, "helper", "decnet_macvlan0", "host-side link through which the worker reaches its deckies (DECNET's; decnet_ipvlan0 with ipvlan); empty to disable")
-	if withMaster {
-		f.String(&c.master, "master", "", "master base URL to report to, e.g. https://master:8770 (empty: do not report)")
-		f.String(&c.masterCA, "master-ca", "", "PEM CA bundle that signs the master's certificate")
-		f.String(&c.masterCert, "master-cert", "", "client certificate (PEM) for mTLS to the master")
-		f.String(&c.masterKey, "master-key", "", "client key (PEM) for mTLS to the master")
-		f.String(&c.masterPin, "master-pin", "", "hex SHA-256 of the master's certificate to pin")
-		f.String(&c.masterToken, "master-token-file", "", "file holding a bearer token for the master")
-		f.Bool(&c.insecure, "master-insecure", false, "allow a plain-http master (loopback demos and tests only)")
-		f.Duration(&c.reportTimeout, "report-timeout", 30*time.Second, "time a pass spends delivering reports before leaving them queued")
-	}
+	f.String(&c.master, "master", "", "master base URL to report to, e.g. https://master:8770 (empty: do not report; plan never reports)")
+	f.String(&c.masterCA, "master-ca", "", "PEM CA bundle that signs the master's certificate")
+	f.String(&c.masterCert, "master-cert", "", "client certificate (PEM) for mTLS to the master")
+	f.String(&c.masterKey, "master-key", "", "client key (PEM) for mTLS to the master")
+	f.String(&c.masterPin, "master-pin", "", "hex SHA-256 of the master's certificate to pin")
+	f.String(&c.masterToken, "master-token-file", "", "file holding a bearer token for the master")
+	f.Bool(&c.insecure, "master-insecure", false, "allow a plain-http master (loopback demos and tests only)")
+	f.Duration(&c.reportTimeout, "report-timeout", 30*time.Second, "time a pass spends delivering reports before leaving them queued")
+	f.Duration(&c.interval, "interval", 60*time.Second, "run: time between passes")
+	f.Duration(&c.resync, "resync", 10*time.Minute, "run: time between full passes that re-check every container even when nothing signalled drift")
+	f.String(&c.metrics, "metrics", "", "run: serve /metrics (Prometheus) and /healthz on this management address, e.g. 127.0.0.1:9477 (never the decoy LAN)")
+	f.Duration(&c.staleAfter, "stale-after", 0, "run: /healthz fails when no fetch succeeded for this long (default 3 x --interval)")
+	f.Bool(&c.json, "json", false, "plan: print the change set as JSON")
 }
 
 func (c *agentConfig) validate() error {
@@ -114,11 +121,16 @@ func (c *agentConfig) validate() error {
 		return usageErr("--parallel must be at least 1")
 	case c.retryBudget < 1:
 		return usageErr("--retry-budget must be at least 1")
+	case c.interval < time.Second:
+		return usageErr("--interval must be at least 1s")
 	}
 	if c.gateway != "" {
 		if a, err := netip.ParseAddr(c.gateway); err != nil || !a.Is4() {
 			return usageErr("--gateway %q is not an IPv4 address", c.gateway)
 		}
+	}
+	if c.staleAfter == 0 {
+		c.staleAfter = 3 * c.interval
 	}
 	abs, err := filepath.Abs(c.stateDir)
 	if err != nil {
@@ -126,6 +138,17 @@ func (c *agentConfig) validate() error {
 	}
 	c.stateDir = abs
 	return nil
+}
+
+// agentConfig maps the flags onto the agent's plain configuration.
+func (c *agentConfig) agentConfig(readOnly bool) agent.Config {
+	gw, _ := netip.ParseAddr(c.gateway) // validated; zero when empty
+	return agent.Config{
+		Host: c.host, StateDir: c.stateDir, ReadOnly: readOnly, Interface: c.iface, Gateway: gw,
+		Parallel: c.parallel, RetryBudget: c.retryBudget, AllowPull: c.allowPull, Probe: c.probe, Helper: c.helper,
+		Steady:        apply.SteadyOptions{Samples: c.steadySamples, Interval: c.steadyEvery, Timeout: c.steadyTimeout},
+		ReportTimeout: c.reportTimeout, Version: version,
+	}
 }
 
 // repoSecretEnv holds the fleet remote's token or password. It is an
@@ -167,13 +190,11 @@ func (c *agentConfig) repoCABundle() ([]byte, error) {
 	return b, nil
 }
 
-func parseAgentFlags(name string, args []string, withMaster bool, extra func(*flags, *agentConfig), stderr io.Writer) (*agentConfig, error) {
+// parseAgentFlags parses the flags of once, run or plan.
+func parseAgentFlags(name string, args []string, stderr io.Writer) (*agentConfig, error) {
 	c := &agentConfig{}
 	f := newFlags(name, name+" [flags]", stderr)
-	c.bind(f, withMaster)
-	if extra != nil {
-		extra(f, c)
-	}
+	c.bind(f)
 	if err := f.Parse(args); err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -11,23 +10,21 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 
+	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/internal/gittest"
 )
 
 // newRunAgent builds the agent the way `run` does, against the world.
-func (w *world) newRunAgent(t testing.TB, remote string, extra ...string) *agent {
+func (w *world) newRunAgent(t testing.TB, remote string, extra ...string) *worker {
 	t.Helper()
 	args := []string{"--repo", remote, "--host", w.host, "--state-dir", w.state,
-		"--interface", w.lan.Parent, "--gateway", w.lan.Gateway.String(), "--steady-interval", "300ms", "--steady-timeout", "20s", "--helper", w.helper}
+		"--interface", w.lan.Parent, "--gateway", w.lan.Gateway.String(), "--steady-interval", "300ms", "--steady-timeout", "20s", "--helper", w.helper,
+		"--log-level", "error"}
 	if w.master != "" {
 		args = append(args, "--master", w.master, "--master-insecure")
 	}
 	args = append(args, extra...)
-	cfg, err := parseAgentFlags("run", args, true, nil, &strings.Builder{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := newAgent(context.Background(), cfg, slog.New(slog.DiscardHandler), false)
+	a, err := startWorker(context.Background(), "run", args, false, &strings.Builder{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,9 +32,14 @@ func (w *world) newRunAgent(t testing.TB, remote string, extra ...string) *agent
 	return a
 }
 
+type passed struct {
+	res *agent.Result
+	err error
+}
+
 // A pass over an unmoved commit on a clean worker asks the remote for its
 // refs and nothing else: no object transfer, no Docker call. Drift seen on
-// the Docker event stream makes the next pass reconcile and repair.
+// the Docker event stream wakes the daemon loop, whose next pass repairs.
 func TestNoOpPassAndDriftWatch(t *testing.T) {
 	spy := newDockerSpy(t)
 	w := newWorld(t)
@@ -52,17 +54,42 @@ func TestNoOpPassAndDriftWatch(t *testing.T) {
 		})
 	})
 	a := w.newRunAgent(t, url+"/fleet.git")
-	ctx := context.Background()
-	res, err := a.onePass(ctx, false)
-	if err != nil || res.skipped || res.failed != 0 {
-		t.Fatalf("first pass: %+v %v", res, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	passes := make(chan passed)
+	tick := make(chan time.Time)
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, agent.LoopOptions{
+			Interval: time.Hour, Resync: time.Hour, Watch: true,
+			After:  func(time.Duration) <-chan time.Time { return tick },
+			OnPass: func(res *agent.Result, err error, _ time.Duration) { passes <- passed{res, err} },
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v after cancel, want nil", err)
+		}
+	}()
+	next := func() passed {
+		t.Helper()
+		select {
+		case p := <-passes:
+			return p
+		case <-time.After(2 * time.Minute):
+			t.Fatal("no pass")
+		}
+		return passed{}
 	}
-
+	if p := next(); p.err != nil || p.res.Skipped || p.res.Failed != 0 {
+		t.Fatalf("first pass: %+v %v", p.res, p.err)
+	}
+	time.Sleep(300 * time.Millisecond) // let the event stream connect
 	calls, ups := spy.count(), uploads.Load()
 	for i := 0; i < 3; i++ {
-		res, err = a.onePass(ctx, false)
-		if err != nil || !res.skipped {
-			t.Fatalf("unchanged pass %d was not skipped: %+v %v", i, res, err)
+		tick <- time.Now()
+		if p := next(); p.err != nil || !p.res.Skipped {
+			t.Fatalf("unchanged pass %d was not skipped: %+v %v", i, p.res, p.err)
 		}
 	}
 	if got := spy.since(calls); len(got) != 0 {
@@ -72,13 +99,8 @@ func TestNoOpPassAndDriftWatch(t *testing.T) {
 		t.Fatalf("no-op passes fetched objects (%d upload-pack requests)", uploads.Load()-ups)
 	}
 
-	// Kill the decky's service by hand: the watcher sees it and triggers.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	trigger := make(chan struct{}, 1)
-	var passing passWindow
-	go a.watch(wctx, &passing, trigger)
-	time.Sleep(300 * time.Millisecond) // let the event stream connect
+	// Kill the decky's service by hand: the watcher sees it and wakes the
+	// loop (no tick is sent), whose pass repairs it.
 	svc := w.owned()[w.name("ssh")+"-ssh"]
 	docker := testDocker(t)
 	if err := docker.ContainerKill(ctx, svc.ID, "KILL"); err != nil {
@@ -87,17 +109,12 @@ func TestNoOpPassAndDriftWatch(t *testing.T) {
 	if err := docker.ContainerStop(ctx, svc.ID, container.StopOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-trigger:
-	case <-time.After(15 * time.Second):
-		t.Fatal("the watcher did not notice a container killed by hand")
+	p := next()
+	if p.err != nil || p.res.Skipped {
+		t.Fatalf("the pass after drift was skipped: %+v %v", p.res, p.err)
 	}
-	res, err = a.onePass(ctx, false)
-	if err != nil || res.skipped {
-		t.Fatalf("the pass after drift was skipped: %+v %v", res, err)
-	}
-	if len(res.results) != 1 || res.results[0].Operation != "repair" || res.results[0].Status != "succeeded" {
-		t.Fatalf("want one succeeded repair, got %+v", res.results)
+	if len(p.res.Results) != 1 || p.res.Results[0].Operation != "repair" || p.res.Results[0].Status != "succeeded" {
+		t.Fatalf("want one succeeded repair, got %+v", p.res.Results)
 	}
 	if st := w.owned()[w.name("ssh")+"-ssh"]; st.State != "running" {
 		t.Fatalf("service not running after repair: %s", st.State)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -114,13 +115,17 @@ func (l *listValue) Set(v string) error {
 	return nil
 }
 
-// Parse parses args and reports bad environment values too.
+// Parse parses args and reports bad environment values too. Every
+// problem (unknown flag, bad value) is a usage error; -h is flag.ErrHelp.
 func (f *flags) Parse(args []string) error {
 	if err := f.fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageErr("%s: %v", f.fs.Name(), err)
 	}
 	if len(f.errs) > 0 {
-		return fmt.Errorf("%s", strings.Join(f.errs, "; "))
+		return usageErr("%s", strings.Join(f.errs, "; "))
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ func TestFlagsReadTheEnvironment(t *testing.T) {
 	t.Setenv("PULL_AGENT_PARALLEL", "7")
 	t.Setenv("PULL_AGENT_HOST", "worker-z")
 	var out bytes.Buffer
-	c, err := parseAgentFlags("once", nil, true, nil, &out)
+	c, err := parseAgentFlags("once", nil, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestFlagsReadTheEnvironment(t *testing.T) {
 		t.Errorf("env not applied: repos=%v parallel=%d host=%s", c.repos, c.parallel, c.host)
 	}
 	// The command line wins over the environment.
-	c, err = parseAgentFlags("once", []string{"--repo", "/c", "--parallel", "2"}, true, nil, &out)
+	c, err = parseAgentFlags("once", []string{"--repo", "/c", "--parallel", "2"}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestFlagsReadTheEnvironment(t *testing.T) {
 		t.Errorf("flags did not override env: repos=%v parallel=%d", c.repos, c.parallel)
 	}
 	t.Setenv("PULL_AGENT_PARALLEL", "many")
-	if _, err := parseAgentFlags("once", nil, true, nil, &out); err == nil || !strings.Contains(err.Error(), "PULL_AGENT_PARALLEL") {
+	if _, err := parseAgentFlags("once", nil, &out); err == nil || !strings.Contains(err.Error(), "PULL_AGENT_PARALLEL") {
 		t.Errorf("a bad environment value must be an error naming it, got %v", err)
 	}
 }

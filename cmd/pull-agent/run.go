@@ -14,19 +14,30 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "0.1.0-dev"
 
-// Exit codes. once: 0 every decky converged, 1 some decky failed, 3 the
-// pass could not start. plan: 0 nothing would change, 2 something would.
+// Exit codes, one table for every command (docs/operations.md repeats it):
+//
+//	0   success: every decky converged (once), nothing would change (plan),
+//	    valid (validate), stopped by SIGTERM/SIGINT (run, once: shutting
+//	    down is not a failure)
+//	1   some decky failed (once); the repository is invalid (validate)
+//	2   plan: something would change
+//	3   the pass could not start: fetch, refused commit, invalid commit,
+//	    missing host file, LAN, Engine, state directory in use
+//	4   internal error
+//	64  usage: unknown command or flag, bad flag or environment value
+//	    (sysexits' EX_USAGE)
 const (
 	exitOK       = 0
 	exitFailed   = 1
-	exitUsage    = 2
 	exitChanges  = 2
 	exitNoStart  = 3
 	exitInternal = 4
+	exitUsage    = 64
 )
 
 // startError marks failures that stop a pass before any decky is touched:
-// fetch, parse, detection, Docker unreachable.
+// fetch, parse, detection, Docker unreachable (an *agent.StepError, or the
+// wiring before the first pass).
 type startError struct{ err error }
 
 func (e *startError) Error() string { return e.err.Error() }
@@ -102,11 +113,11 @@ func exitCode(err error, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintln(stderr, "pull-agent:", err)
 		return exitUsage
+	case errors.Is(err, context.Canceled):
+		return exitOK // shutting down is not a failure
 	case errors.As(err, &se):
 		fmt.Fprintln(stderr, "pull-agent: pass could not start:", err)
 		return exitNoStart
-	case errors.Is(err, context.Canceled):
-		return exitOK
 	default:
 		fmt.Fprintln(stderr, "pull-agent:", err)
 		return exitInternal

@@ -30,20 +30,26 @@ type Address struct {
 
 // Failure counts a decky's failed attempts at one desired hash.
 type Failure struct {
-	Hash     string    `json:"hash"`
-	Count    int       `json:"count"`
-	Error    string    `json:"error"`
-	Reported bool      `json:"reported"` // quarantine already reported
-	Last     time.Time `json:"last"`
+	Hash  string `json:"hash"`
+	Count int    `json:"count"`
+	Error string `json:"error"`
+	// Quarantined is set when Count reached the retry budget at Hash: the
+	// decky is left alone (and was reported once) until its desired hash
+	// changes. Stored as "reported" for compatibility with older files.
+	Quarantined bool      `json:"reported"`
+	Last        time.Time `json:"last"`
 }
 
 // State is the agent's memory between passes.
 type State struct {
-	Version     int                `json:"version"`
-	Host        string             `json:"host"`
-	Subnet      netip.Prefix       `json:"subnet,omitzero"` // LAN the addresses belong to
-	LastCommit  string             `json:"last_commit,omitempty"`
-	LastRemote  string             `json:"last_remote,omitempty"`
+	Version    int          `json:"version"`
+	Host       string       `json:"host"`
+	Subnet     netip.Prefix `json:"subnet,omitzero"` // LAN the addresses belong to
+	LastCommit string       `json:"last_commit,omitempty"`
+	LastRemote string       `json:"last_remote,omitempty"`
+	// Verified names who signed the last fetched commit, or "none" when no
+	// trust policy is configured.
+	Verified    string             `json:"verified,omitempty"`
 	LastFetchOK time.Time          `json:"last_fetch_ok,omitzero"`
 	LastApply   time.Time          `json:"last_apply,omitzero"`
 	LastClean   bool               `json:"last_clean"` // last pass converged every decky
@@ -102,4 +108,32 @@ func (s *State) Previous(subnet netip.Prefix) map[string]netip.Addr {
 		}
 	}
 	return out
+}
+
+// Clone returns a deep copy, so a pure function can derive a new state
+// without touching the one the caller holds.
+func (s *State) Clone() *State {
+	c := *s
+	c.Addresses = make(map[string]Address, len(s.Addresses))
+	for k, v := range s.Addresses {
+		c.Addresses[k] = v
+	}
+	c.Applied = make(map[string]string, len(s.Applied))
+	for k, v := range s.Applied {
+		c.Applied[k] = v
+	}
+	c.Failures = make(map[string]Failure, len(s.Failures))
+	for k, v := range s.Failures {
+		c.Failures[k] = v
+	}
+	return &c
+}
+
+// Quarantined reports whether decky used up its retry budget at hash. It
+// is the one place "quarantined" is derived: the pass's record step sets
+// Failure.Quarantined, and the diff, status and heartbeat all read it
+// through here (or through Failure.Quarantined for "at any hash").
+func (s *State) Quarantined(decky, hash string) bool {
+	f, ok := s.Failures[decky]
+	return ok && f.Quarantined && f.Hash == hash
 }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metrics are the daemon's Prometheus metrics, on a registry of its own
+// Metrics are the daemon's Prometheus metrics, on a registry of its own
 // (no global state).
-type metrics struct {
+type Metrics struct {
 	reg       *prometheus.Registry
 	passes    *prometheus.CounterVec
 	passTime  prometheus.Histogram
@@ -28,10 +28,12 @@ type metrics struct {
 	lastFetch prometheus.Gauge
 	lastApply prometheus.Gauge
 	info      *prometheus.GaugeVec
+	version   string
 }
 
-func newMetrics() *metrics {
-	m := &metrics{
+// NewMetrics registers the metrics of an agent of the given version.
+func NewMetrics(version string) *Metrics {
+	m := &Metrics{version: version,
 		reg: prometheus.NewRegistry(),
 		passes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pull_agent_passes_total",
 			Help: "Passes by result: applied (converged), failed (a decky failed), skipped (nothing moved), not_started (fetch, refusal, invalid repo)."}, []string{"result"}),
@@ -45,83 +47,98 @@ func newMetrics() *metrics {
 		rejected:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_outbox_rejected_events", Help: "Lifecycle events the master refused (kept on disk)."}),
 		lastFetch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_last_fetch_ok_timestamp_seconds", Help: "When the fleet repository was last fetched successfully."}),
 		lastApply: prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_last_apply_timestamp_seconds", Help: "When a pass last ran to the end."}),
-		info:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_info", Help: "Agent version and applied commit."}, []string{"version", "commit"}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_info",
+			Help: "Agent version, applied commit and who signed it (verified: the signer, or none without a trust policy)."}, []string{"version", "commit", "verified"}),
 	}
 	m.reg.MustRegister(m.passes, m.passTime, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-// observe records one pass.
-func (m *metrics) observe(a *agent, res *passResult, err error, took time.Duration) {
+// Observe records one pass of a.
+func (m *Metrics) Observe(a *Agent, res *Result, err error, took time.Duration) {
 	switch {
 	case err != nil:
 		m.passes.WithLabelValues("not_started").Inc()
-	case res.skipped:
+	case res.Skipped:
 		m.passes.WithLabelValues("skipped").Inc()
-	case res.failed > 0:
+	case res.Failed > 0:
 		m.passes.WithLabelValues("failed").Inc()
 	default:
 		m.passes.WithLabelValues("applied").Inc()
 	}
-	if err == nil && !res.skipped {
+	if err == nil && !res.Skipped {
 		m.passTime.Observe(took.Seconds())
-		for _, r := range res.results {
-			m.events.WithLabelValues(string(r.Operation), r.Status).Inc()
+		for _, e := range res.Events {
+			m.events.WithLabelValues(e.Operation, e.Status).Inc()
 		}
 	}
-	m.outbox.Set(float64(a.box.Depth()))
-	m.rejected.Set(float64(a.box.Rejected()))
-	if !a.st.LastFetchOK.IsZero() {
-		m.lastFetch.Set(float64(a.st.LastFetchOK.Unix()))
+	if box := a.d.Outbox; box != nil {
+		m.outbox.Set(float64(box.Depth()))
+		m.rejected.Set(float64(box.Rejected()))
 	}
-	if !a.st.LastApply.IsZero() {
-		m.lastApply.Set(float64(a.st.LastApply.Unix()))
+	h := a.Health()
+	if !h.LastFetchOK.IsZero() {
+		m.lastFetch.Set(float64(h.LastFetchOK.Unix()))
+	}
+	if !h.LastApply.IsZero() {
+		m.lastApply.Set(float64(h.LastApply.Unix()))
 	}
 	m.info.Reset()
-	m.info.WithLabelValues(version, a.st.LastCommit).Set(1)
-	if a.lastStatus != nil {
-		m.deckies.Reset()
-		for _, rt := range a.lastStatus.Runtime {
-			m.deckies.WithLabelValues(rt.State).Inc()
+	m.info.WithLabelValues(m.version, h.Commit, h.Signer).Set(1)
+	m.deckies.Reset()
+	for state, n := range h.Deckies {
+		m.deckies.WithLabelValues(state).Set(float64(n))
+	}
+}
+
+// HealthHandler says whether the daemon is doing its job: a fetch
+// succeeded within stale (users of other tools complain that polling
+// silently stops). It reads [Agent.Health], so it is safe while a pass
+// runs.
+func (a *Agent) HealthHandler(stale time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		last, now := a.Health().LastFetchOK, a.now()
+		switch {
+		case last.IsZero():
+			http.Error(w, "no successful fetch yet", http.StatusServiceUnavailable)
+		case now.Sub(last) > stale:
+			http.Error(w, fmt.Sprintf("last successful fetch %s ago (more than %s)", now.Sub(last).Round(time.Second), stale), http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintf(w, "ok: last fetch %s ago\n", now.Sub(last).Round(time.Second))
 		}
-	}
+	})
 }
 
-// health says whether the daemon is doing its job: a fetch succeeded
-// recently (users of other tools complain that polling silently stops).
-type health struct {
-	a     *agent
-	stale time.Duration
-}
+// ErrListenAddress is a management address the agent refuses to listen
+// on (every interface, or the decoy LAN).
+var ErrListenAddress = errors.New("refused listen address")
 
-func (h health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	last := h.a.st.LastFetchOK
-	switch {
-	case last.IsZero():
-		http.Error(w, "no successful fetch yet", http.StatusServiceUnavailable)
-	case time.Since(last) > h.stale:
-		http.Error(w, fmt.Sprintf("last successful fetch %s ago (more than %s)", time.Since(last).Round(time.Second), h.stale), http.StatusServiceUnavailable)
-	default:
-		fmt.Fprintf(w, "ok: last fetch %s ago\n", time.Since(last).Round(time.Second))
-	}
-}
-
-// serveMetrics listens on addr for /metrics and /healthz until ctx ends.
-// It refuses an address on the decoy LAN: nothing of the agent's may be
-// visible to whoever probes the deckies.
-func serveMetrics(ctx context.Context, addr string, decoy []netip.Addr, m *metrics, h http.Handler, log *slog.Logger) (func(), error) {
+// CheckListen refuses addresses where whoever probes the deckies could
+// reach the agent: every interface, or one of the decoy LAN's.
+func CheckListen(addr string, decoy []netip.Addr) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, usageErr("--metrics %q: %v", addr, err)
+		return fmt.Errorf("%w: %q: %v", ErrListenAddress, addr, err)
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
-		return nil, usageErr("--metrics %q listens on every interface, the decoy LAN too; give a management address such as 127.0.0.1:9477", addr)
+		return fmt.Errorf("%w: %q listens on every interface, the decoy LAN too; give a management address such as 127.0.0.1:9477", ErrListenAddress, addr)
 	}
 	for _, d := range decoy {
 		if a, err := netip.ParseAddr(host); err == nil && a == d {
-			return nil, usageErr("--metrics %q is on the decoy LAN; give a management address", addr)
+			return fmt.Errorf("%w: %q is on the decoy LAN; give a management address", ErrListenAddress, addr)
 		}
+	}
+	return nil
+}
+
+// ServeMetrics listens on addr for /metrics and /healthz until the
+// returned stop function is called (which waits at most 5s). It refuses
+// an address on the decoy LAN: nothing of the agent's may be visible to
+// whoever probes the deckies.
+func ServeMetrics(addr string, decoy []netip.Addr, m *Metrics, h http.Handler, log *slog.Logger) (func(), error) {
+	if err := CheckListen(addr, decoy); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

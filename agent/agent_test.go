@@ -1,0 +1,420 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"github.com/compose-spec/compose-go/v2/types"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/decnet/pull-agent/agent"
+	"github.com/decnet/pull-agent/apply"
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/hostnet"
+	"github.com/decnet/pull-agent/internal/fake"
+	"github.com/decnet/pull-agent/internal/state"
+	"github.com/decnet/pull-agent/relocalize"
+	"github.com/decnet/pull-agent/report"
+)
+
+// The shared fakes play the agent's roles.
+var (
+	_ agent.Engine   = (*fake.Engine)(nil)
+	_ agent.LAN      = (*fake.LAN)(nil)
+	_ agent.Source   = source{}
+	_ agent.Reporter = (*fake.Reporter)(nil)
+	_ agent.Tree     = fake.Tree{}
+)
+
+// source adapts fake.Source (which cannot import agent) to agent.Source.
+type source struct{ *fake.Source }
+
+func (s source) Sync(ctx context.Context, applied string) (agent.Revision, error) {
+	c, remote, signer, fetched, tree, err := s.Source.Sync(ctx, applied)
+	return agent.Revision{Commit: c, Remote: remote, Signer: signer, Fetched: fetched, Tree: tree}, err
+}
+
+const fleetYAML = `version: 1
+defaults:
+  distro: base
+distros:
+  base: {image: "decoys/base:1"}
+services:
+  ssh: {image: "decoys/ssh:1", ports: [22]}
+  http: {image: "decoys/http:1", ports: [80]}
+`
+
+// world is one worker with fake roles and a real outbox and state
+// directory.
+type world struct {
+	t   *testing.T
+	cfg agent.Config
+	eng *fake.Engine
+	lan *fake.LAN
+	src *fake.Source
+	rep *fake.Reporter
+	box *report.Outbox
+	a   *agent.Agent
+}
+
+func newWorld(t *testing.T, tune ...func(*agent.Config)) *world {
+	t.Helper()
+	dir := t.TempDir()
+	w := &world{t: t, eng: fake.NewEngine(), lan: fake.NewLAN(), src: &fake.Source{}}
+	w.cfg = agent.Config{Host: "w", StateDir: dir, RetryBudget: 3, Probe: true, Helper: "decnet_macvlan0",
+		Steady: apply.SteadyOptions{Samples: 1, Interval: time.Millisecond, Timeout: 5 * time.Second}}
+	for _, f := range tune {
+		f(&w.cfg)
+	}
+	var err error
+	if w.box, err = report.OpenOutbox(filepath.Join(dir, "outbox"), "w"); err != nil {
+		t.Fatal(err)
+	}
+	w.rep = &fake.Reporter{Outbox: w.box}
+	w.a = w.newAgent()
+	return w
+}
+
+func (w *world) newAgent() *agent.Agent {
+	w.t.Helper()
+	a, err := agent.New(w.cfg, agent.Deps{Engine: w.eng, LAN: w.lan, Source: source{w.src}, Outbox: w.box, Reporter: w.rep})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return a
+}
+
+// push commits a host file with deckies given as "name:svc,svc".
+func (w *world) push(deckies ...string) string {
+	var b strings.Builder
+	b.WriteString("deckies:")
+	if len(deckies) == 0 {
+		b.WriteString(" []")
+	}
+	b.WriteString("\n")
+	for _, d := range deckies {
+		name, svcs, _ := strings.Cut(d, ":")
+		fmt.Fprintf(&b, "  - name: %s\n    services: [%s]\n", name, svcs)
+	}
+	return w.src.Push(map[string]string{"fleet.yaml": fleetYAML, "hosts/w.yaml": b.String()})
+}
+
+func (w *world) pass(full bool) (*agent.Result, error) {
+	w.t.Helper()
+	return w.a.Pass(context.Background(), agent.PassOptions{Full: full})
+}
+
+func (w *world) mustPass(full bool) *agent.Result {
+	w.t.Helper()
+	res, err := w.pass(full)
+	if err != nil {
+		w.t.Fatalf("pass: %v", err)
+	}
+	return res
+}
+
+// containers returns the engine's container names.
+func (w *world) containers() []string {
+	cs, _ := w.eng.ListContainers(context.Background())
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+// events renders events as "decky operation status".
+func events(es []report.Event) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.DeckyName+" "+e.Operation+" "+e.Status)
+	}
+	return out
+}
+
+func TestPassConvergesThenSkipsUnchangedCommit(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh", "b:ssh,http")
+	res := w.mustPass(false)
+	if got, want := events(res.Events), []string{"a deploy succeeded", "b deploy succeeded"}; !slices.Equal(got, want) {
+		t.Fatalf("events = %v, want %v", got, want)
+	}
+	if got, want := w.containers(), []string{"a", "a-ssh", "b", "b-http", "b-ssh"}; !slices.Equal(got, want) {
+		t.Fatalf("containers = %v, want %v", got, want)
+	}
+	if got := events(w.rep.Events()); len(got) != 2 {
+		t.Fatalf("delivered events = %v", got)
+	}
+	st := w.a.State()
+	if !st.LastClean || st.LastCommit != res.Commit || len(st.Applied) != 2 || len(st.Addresses) != 2 {
+		t.Fatalf("state after converging: %+v", st)
+	}
+	if hs := w.lan.Helpers(); len(hs) != 1 || len(hs[0].Deckies) != 2 {
+		t.Fatalf("helper routes: %+v", hs)
+	}
+
+	calls, syncs, beats := len(w.eng.Calls()), w.src.Calls(), len(w.rep.Heartbeats())
+	for range 3 {
+		res = w.mustPass(false)
+		if !res.Skipped {
+			t.Fatalf("a pass over an unmoved commit on a clean worker was not skipped: %+v", res)
+		}
+	}
+	if got := w.eng.Calls()[calls:]; len(got) != 0 {
+		t.Fatalf("skipped passes called the engine: %v", got)
+	}
+	if w.src.Calls() != syncs+3 || len(w.rep.Heartbeats()) != beats+3 {
+		t.Fatalf("skipped passes must still fetch and send a heartbeat: syncs %d->%d beats %d->%d", syncs, w.src.Calls(), beats, len(w.rep.Heartbeats()))
+	}
+	// A full pass (once, resync) on the same commit diffs and changes nothing.
+	m := len(w.eng.Mutations())
+	res = w.mustPass(true)
+	if res.Skipped || res.Changes.Changes() || len(w.eng.Mutations()) != m {
+		t.Fatalf("full pass on a converged worker: %+v, mutations %v", res, w.eng.Mutations())
+	}
+	// A new agent (a restart) has no picture yet: its first pass is full.
+	w.a = w.newAgent()
+	if res := w.mustPass(false); res.Skipped {
+		t.Fatal("the first pass of a restarted agent was skipped")
+	}
+}
+
+func TestReplansAfterTheNetworkWasReplaced(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh", "b:http")
+	w.mustPass(true)
+	// The LAN's gateway changed: the network spec (and every container
+	// hash) changes, and the engine replaces the network, removing the
+	// bases attached to it. The pass lists again and plans from what is
+	// left: a and b get new bases and every service recreated into them.
+	w.lan.Default.Gateway = netip.MustParseAddr("198.51.100.254")
+	w.push("a:ssh", "b:http", "c:ssh")
+	calls := len(w.eng.Calls())
+	res := w.mustPass(false)
+	if got, want := events(res.Events), []string{"a mutate succeeded", "b mutate succeeded", "c deploy succeeded"}; !slices.Equal(got, want) {
+		t.Fatalf("events after the network was replaced = %v, want %v", got, want)
+	}
+	seq := w.eng.Calls()[calls:]
+	i := slices.Index(seq, "EnsureNetwork decnet_lan")
+	if i < 0 || i+1 >= len(seq) || seq[i+1] != "ListContainers" {
+		t.Fatalf("no re-listing right after the network was replaced: %v", seq)
+	}
+	for _, e := range res.Changes.Entries {
+		if e.Decky != "c" && (!e.RecreateBase || e.Action != apply.Update) {
+			t.Errorf("decky %s: %s recreate_base=%v after the network was replaced, want an update of everything", e.Decky, e.Action, e.RecreateBase)
+		}
+	}
+	if got, want := w.containers(), []string{"a", "a-ssh", "b", "b-http", "c", "c-ssh"}; !slices.Equal(got, want) {
+		t.Fatalf("containers = %v, want %v", got, want)
+	}
+}
+
+func TestQuarantineAndItsResetOnANewDesiredState(t *testing.T) {
+	w := newWorld(t)
+	broken := true
+	w.eng.UpFn = func(ctx context.Context, p *types.Project, services, recreate []string) error {
+		for _, n := range append(slices.Clone(services), recreate...) {
+			if broken && (n == "bad" || strings.HasPrefix(n, "bad-")) {
+				return errors.New("image decoys/ssh:1 exploded")
+			}
+		}
+		return w.eng.UpDefault(ctx, p, services, recreate)
+	}
+	w.push("good:ssh", "bad:ssh")
+	var all []string
+	for i := range 4 {
+		res, err := w.pass(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Failed != 1 {
+			t.Fatalf("pass %d: failed = %d, want 1", i, res.Failed)
+		}
+		all = append(all, events(res.Events)...)
+	}
+	want := []string{"good deploy succeeded", "bad deploy failed", "bad deploy failed", "bad deploy failed", "bad deploy quarantined"}
+	slices.Sort(all)
+	slices.Sort(want)
+	if !slices.Equal(all, want) {
+		t.Fatalf("events over four passes = %v, want %v", all, want)
+	}
+	if n := countPrefix(w.eng.Calls(), "Up bad"); n != 3 {
+		t.Fatalf("the bad decky was tried %d times, want 3 (the budget), then left alone", n)
+	}
+	st := w.a.State()
+	if f := st.Failures["bad"]; f.Count != 3 || !f.Quarantined {
+		t.Fatalf("failure record = %+v", f)
+	}
+	// A new desired state for the decky lifts the quarantine.
+	broken = false
+	w.push("good:ssh", "bad:ssh,http")
+	res := w.mustPass(false)
+	if got := events(res.Events); !slices.Equal(got, []string{"bad deploy succeeded"}) {
+		t.Fatalf("after a new desired state: %v", got)
+	}
+	if st := w.a.State(); len(st.Failures) != 0 || !st.LastClean {
+		t.Fatalf("failures not cleared: %+v", st.Failures)
+	}
+}
+
+func countPrefix(calls []string, prefix string) int {
+	n := 0
+	for _, c := range calls {
+		if strings.HasPrefix(c, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// A refusal at any step before apply leaves the worker exactly as it was:
+// no engine mutation, no address or applied hash changed, the reason in
+// the heartbeat.
+func TestRefusalAtEachStepChangesNothing(t *testing.T) {
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		step  string
+		setup func(w *world)
+		want  string
+	}{
+		{step: "fetch", setup: func(w *world) {
+			w.src.SyncFn = func(context.Context, string) (string, fake.Tree, error) { return "", fake.Tree{}, boom }
+		}, want: "cannot fetch"},
+		{step: "parse", setup: func(w *world) {
+			w.src.Push(map[string]string{"fleet.yaml": fleetYAML, "hosts/w.yaml": "deckies:\n  - name: BAD\n"})
+		}, want: "invalid"},
+		{step: "parse", setup: func(w *world) {
+			w.src.Push(map[string]string{"fleet.yaml": fleetYAML, "hosts/other.yaml": "deckies: []\n"})
+		}, want: "has no hosts/w.yaml"},
+		{step: "detect", setup: func(w *world) {
+			w.lan.DetectFn = func(context.Context, hostnet.Options) (relocalize.LAN, error) { return relocalize.LAN{}, boom }
+		}, want: "boom"},
+		{step: "allocate", setup: func(w *world) {
+			w.eng.ListFn = func(context.Context) ([]engine.Container, error) { return nil, boom }
+		}, want: "boom"},
+		{step: "allocate", setup: func(w *world) {
+			w.lan.ProbeFn = func(context.Context, string, []netip.Addr) (map[netip.Addr]string, error) { return nil, boom }
+		}, want: "duplicate address detection"},
+		{step: "render", setup: func(w *world) {
+			w.eng.ImageIDFn = func(context.Context, string) (string, error) { return "", boom }
+		}, want: "boom"},
+		{step: "network", setup: func(w *world) {
+			w.eng.EnsureNetworkFn = func(context.Context, engine.NetworkSpec, string) (engine.NetworkInfo, error) {
+				return engine.NetworkInfo{}, boom
+			}
+		}, want: "boom"},
+	} {
+		t.Run(tc.step+" "+tc.want, func(t *testing.T) {
+			w := newWorld(t)
+			w.push("a:ssh", "b:ssh")
+			w.mustPass(true)
+			before, mutations := w.a.State(), len(w.eng.Mutations())
+			// The next commit would change things, were the pass to go on.
+			w.push("a:ssh,http", "c:ssh")
+			tc.setup(w)
+			_, err := w.pass(true)
+			var se *agent.StepError
+			if !errors.As(err, &se) || se.Step != tc.step || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want a refusal by step %s containing %q", err, tc.step, tc.want)
+			}
+			if got := w.eng.Mutations()[mutations:]; len(got) != 0 {
+				t.Fatalf("a refused pass changed the worker: %v", got)
+			}
+			after := w.a.State()
+			if fmt.Sprint(after.Addresses) != fmt.Sprint(before.Addresses) || fmt.Sprint(after.Applied) != fmt.Sprint(before.Applied) || after.LastCommit != before.LastCommit {
+				t.Fatalf("a refused pass changed the state:\n%+v\n%+v", before, after)
+			}
+			hbs := w.rep.Heartbeats()
+			if hb := hbs[len(hbs)-1]; !strings.Contains(hb.PassError, tc.want) {
+				t.Fatalf("heartbeat pass_error = %q", hb.PassError)
+			}
+			saved, err := state.Load(w.cfg.StateDir, "w")
+			if err != nil || saved.LastCommit != before.LastCommit {
+				t.Fatalf("saved state: %+v %v", saved, err)
+			}
+		})
+	}
+}
+
+// Shutting down during apply is not a failure: the decky in flight is
+// abandoned (no event, no failure count), the report still goes out, and
+// the next pass plans it again.
+func TestShutdownDuringApplyAbandons(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh")
+	w.mustPass(true)
+	w.push("a:ssh", "slow:ssh")
+	ctx, cancel := context.WithCancel(context.Background())
+	w.eng.UpFn = func(ctx context.Context, _ *types.Project, _, _ []string) error {
+		cancel() // SIGTERM arrives while the decky is being brought up
+		<-ctx.Done()
+		return fmt.Errorf("compose up: %w", ctx.Err())
+	}
+	beats := len(w.rep.Heartbeats())
+	res, err := w.a.Pass(ctx, agent.PassOptions{Full: true})
+	if err != nil {
+		t.Fatalf("a pass cut short by shutdown is not refused: %v", err)
+	}
+	if !slices.Equal(res.Abandoned, []string{"slow"}) || len(res.Events) != 0 || res.Failed != 0 {
+		t.Fatalf("abandoned=%v events=%v failed=%d", res.Abandoned, events(res.Events), res.Failed)
+	}
+	st := w.a.State()
+	if len(st.Failures) != 0 || st.LastClean {
+		t.Fatalf("an abandoned decky must not count as a failure, and keeps the worker unclean: %+v", st)
+	}
+	if len(w.rep.Heartbeats()) != beats+1 {
+		t.Fatal("no heartbeat flushed on shutdown")
+	}
+	w.eng.UpFn = nil
+	res = w.mustPass(false)
+	if got := events(res.Events); !slices.Equal(got, []string{"slow deploy succeeded"}) {
+		t.Fatalf("the next pass: %v", got)
+	}
+}
+
+// A plan (read-only) changes nothing and writes nothing.
+func TestReadOnlyPassChangesNothing(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh")
+	w.mustPass(true)
+	w.push("a:ssh", "b:http")
+	w.cfg.ReadOnly = true
+	ro, err := agent.New(w.cfg, agent.Deps{Engine: w.eng, LAN: w.lan, Source: source{w.src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, beats := len(w.eng.Mutations()), len(w.rep.Heartbeats())
+	stateFile, _ := os.ReadFile(filepath.Join(w.cfg.StateDir, state.File))
+	res, err := ro.Pass(context.Background(), agent.PassOptions{Full: true})
+	if err != nil || !res.Changes.Changes() || res.Changes.Count()[apply.Create] != 1 {
+		t.Fatalf("plan: %+v %v", res, err)
+	}
+	after, _ := os.ReadFile(filepath.Join(w.cfg.StateDir, state.File))
+	if len(w.eng.Mutations()) != m || len(w.rep.Heartbeats()) != beats || string(after) != string(stateFile) {
+		t.Fatal("a read-only pass changed the worker, reported or wrote state")
+	}
+}
+
+func TestLeftoverBuildContextsAreRemovedAtStart(t *testing.T) {
+	w := newWorld(t)
+	old := filepath.Join(w.a.ContextDir(), "ctx-123")
+	keep := filepath.Join(w.a.ContextDir(), "other")
+	for _, d := range []string{old, keep} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.newAgent()
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("leftover %s not removed: %v", old, err)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("%s is not a build context and must stay: %v", keep, err)
+	}
+}

@@ -1,0 +1,35 @@
+// Package agent is one worker's reconcile: the pass, its policy, and the
+// daemon loop around it.
+//
+// # The pass
+//
+// [Agent.Pass] runs an ordered list of steps over one pass value, each a
+// func(ctx, *pass) error: fetch, parse, detect LAN, allocate, render, diff,
+// ensure network, apply, record, helper. The first step that refuses stops
+// the pass; the refusal is a [*StepError] naming the step, and nothing after
+// it runs (in particular, nothing on the worker changes after a refusal
+// before apply). A deferred step, as Flux's reconcilers do, always builds
+// the heartbeat from whatever the pass reached, delivers it with the
+// outbox, and saves the state.
+//
+// # Roles
+//
+// The pass reaches the outside world only through three small interfaces
+// defined here, where they are used: [Engine] (the container engine,
+// engine.Docker), [LAN] (detection, duplicate-address probes and the host
+// helper link, hostnet) and [Source] (the fleet repository, fleetsync). The
+// report outbox is the real one (files in a directory). internal/fake holds
+// one shared fake of each role, so `go test ./agent` needs neither Docker,
+// nor root, nor a network.
+//
+// # Policy
+//
+// What a pass remembers and reports is a pure function, [Record]: state,
+// results, change set, retry budget and time in, new state and lifecycle
+// events out. Quarantine is derived there and only there.
+//
+// # Boundaries
+//
+// The agent takes a plain [Config]: no flags, no environment (package main
+// maps those). Only cmd/pull-agent imports this package.
+package agent

@@ -1,0 +1,37 @@
+package agent
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/decnet/pull-agent/engine"
+)
+
+// Every decoy-network address held by a container the agent owns, in any
+// state, reaches allocation as held by its decky; foreign containers'
+// addresses are reserved instead.
+func TestHeldAndForeignAddresses(t *testing.T) {
+	ip := netip.MustParseAddr
+	own := func(name, decky, state string, addr string) engine.Container {
+		c := engine.Container{Name: name, State: state, Labels: map[string]string{engine.LabelOwner: "w", engine.LabelDecky: decky}, Networks: map[string]netip.Addr{}}
+		if addr != "" {
+			c.Networks["lan"] = ip(addr)
+		}
+		return c
+	}
+	cs := []engine.Container{
+		own("gone", "gone", "running", "198.51.100.10"),  // a decky on its way out
+		own("stuck", "stuck", "exited", "198.51.100.11"), // failed, not running
+		own("svc", "stuck", "running", ""),               // a service: no address of its own
+		{Name: "theirs", Labels: map[string]string{engine.LabelOwner: "x"}, Networks: map[string]netip.Addr{"lan": ip("198.51.100.12")}},
+		{Name: "other-net", Labels: map[string]string{engine.LabelOwner: "w", engine.LabelDecky: "o"}, Networks: map[string]netip.Addr{"elsewhere": ip("198.51.100.13")}},
+	}
+	held := heldAddresses(cs, "w", "lan")
+	if len(held) != 2 || held[ip("198.51.100.10")] != "gone" || held[ip("198.51.100.11")] != "stuck" {
+		t.Fatalf("held = %v", held)
+	}
+	foreign := foreignAddresses(cs, "w", "lan")
+	if _, ok := foreign[ip("198.51.100.12")]; len(foreign) != 1 || !ok {
+		t.Fatalf("foreign = %v", foreign)
+	}
+}

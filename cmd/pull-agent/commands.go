@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/decnet/pull-agent/agent"
+	"github.com/decnet/pull-agent/apply"
+	"github.com/decnet/pull-agent/desired"
+	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/hostnet"
+	"github.com/decnet/pull-agent/internal/state"
+	"github.com/decnet/pull-agent/reaper"
+)
+
+func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	w, err := startWorker(ctx, "once", args, false, stderr)
+	if err != nil {
+		return exitCode(err, stderr)
+	}
+	defer w.close()
+	res, err := w.Pass(ctx, agent.PassOptions{Full: true})
+	if err != nil {
+		return exitCode(noStart(err), stderr)
+	}
+	summarize(stdout, res)
+	if res.Failed > 0 && ctx.Err() == nil {
+		return exitFailed
+	}
+	return exitOK
+}
+
+func summarize(w io.Writer, res *agent.Result) {
+	c := res.Changes.Count()
+	ok, bad := 0, 0
+	for _, r := range res.Results {
+		if r.Status == apply.Succeeded {
+			ok++
+		} else {
+			bad++
+		}
+	}
+	bad -= len(res.Abandoned)
+	fmt.Fprintf(w, "commit %s: %d applied, %d failed, %d unchanged, %d quarantined, %d not applicable, %d abandoned\n",
+		agent.Short(res.Commit), ok, bad, c[apply.Unchanged], c[apply.Quarantined], c[apply.Failed], len(res.Abandoned))
+	for _, e := range res.Events {
+		if e.Status != apply.Succeeded {
+			fmt.Fprintf(w, "  %s %s %s: %s\n", e.DeckyName, e.Operation, e.Status, e.Error)
+		}
+	}
+}
+
+func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	w, err := startWorker(ctx, "plan", args, true, stderr)
+	if err != nil {
+		return exitCode(err, stderr)
+	}
+	defer w.close()
+	res, err := w.Pass(ctx, agent.PassOptions{Full: true})
+	if err != nil {
+		return exitCode(noStart(err), stderr)
+	}
+	if w.cfg.json {
+		err = res.Changes.WriteJSON(stdout)
+	} else {
+		fmt.Fprintf(stdout, "commit %s, host %s\n\n", agent.Short(res.Commit), w.cfg.host)
+		err = res.Changes.WriteTable(stdout)
+	}
+	if err != nil {
+		return exitCode(err, stderr)
+	}
+	if res.Changes.Changes() {
+		return exitChanges
+	}
+	return exitOK
+}
+
+// cmdRun is the daemon (agent.Run): a pass every --interval ±10%, a full
+// one on SIGHUP, drift on the Engine's event stream repaired at once,
+// /metrics and /healthz on a management address.
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	w, err := startWorker(ctx, "run", args, false, stderr)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	cfg := w.cfg
+	m := agent.NewMetrics(version)
+	if cfg.metrics != "" {
+		var decoy []netip.Addr
+		if lan, err := w.det.Detect(ctx, hostnet.Options{Interface: cfg.iface}); err == nil {
+			decoy = lan.HostAddrs
+		}
+		stop, err := agent.ServeMetrics(cfg.metrics, decoy, m, w.HealthHandler(cfg.staleAfter), w.log)
+		if errors.Is(err, agent.ErrListenAddress) {
+			return usageErr("--metrics: %v", err)
+		} else if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	triggers := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case triggers <- struct{}{}:
+			default: // one is pending: bursts coalesce
+			}
+		}
+	}()
+	w.log.Info("pull-agent running", "version", version, "interval", cfg.interval, "resync", cfg.resync, "remotes", len(cfg.repos))
+	return w.Run(ctx, agent.LoopOptions{
+		Interval: cfg.interval, Resync: cfg.resync, Triggers: triggers, Watch: true,
+		OnPass: func(res *agent.Result, err error, took time.Duration) {
+			m.Observe(w.Agent, res, err, took)
+			if err == nil && !res.Skipped && res.Changes.Changes() {
+				summarize(stdout, res)
+			}
+		},
+	})
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	f := newFlags("validate", "validate [--host NAME] DIR", stderr)
+	var host string
+	f.String(&host, "host", "", "also require hosts/<NAME>.yaml to exist")
+	if err := f.Parse(args); err != nil {
+		return exitCode(err, stderr)
+	}
+	// Flags may follow the directory too: parse what is left once more.
+	dirs := f.fs.Args()
+	if len(dirs) > 1 {
+		if err := f.Parse(dirs[1:]); err != nil {
+			return exitCode(err, stderr)
+		}
+		dirs = append(dirs[:1], f.fs.Args()...)
+	}
+	if len(dirs) != 1 {
+		f.fs.Usage()
+		return exitUsage
+	}
+	dir := dirs[0]
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		fmt.Fprintf(stderr, "pull-agent: %s is not a directory\n", dir)
+		return exitUsage
+	}
+	fleet, err := desired.Load(os.DirFS(dir))
+	if err != nil {
+		if errs, ok := errors.AsType[desired.Errors](err); ok {
+			for _, e := range errs {
+				fmt.Fprintln(stdout, e.Error())
+			}
+		} else {
+			fmt.Fprintln(stdout, err)
+		}
+		return exitFailed
+	}
+	if host != "" && fleet.Hosts[host] == nil {
+		fmt.Fprintf(stdout, "%s/%s.yaml: file is missing\n", desired.HostsDir, host)
+		return exitFailed
+	}
+	n := 0
+	for _, h := range fleet.Hosts {
+		n += len(h.Deckies)
+	}
+	fmt.Fprintf(stderr, "%s: valid: %d hosts, %d deckies, %d services\n", dir, len(fleet.Hosts), n, len(fleet.Services))
+	return exitOK
+}
+
+// cmdStatus prints what the agent last did, from the state directory
+// only (agent.ReadStatus).
+func cmdStatus(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	var (
+		host, stateDir string
+		asJSON         bool
+	)
+	f := newFlags("status", "status [flags]", stderr)
+	f.String(&host, "host", defaultHost(), "this worker's name")
+	f.String(&stateDir, "state-dir", "/var/lib/pull-agent", "the agent's state directory")
+	f.Bool(&asJSON, "json", false, "print JSON")
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	v, err := agent.ReadStatus(stateDir, host)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return v.WriteJSON(stdout)
+	}
+	return v.WriteText(stdout, time.Now())
+}
+
+// cmdReap is the agent's self-destruct: it removes every container this
+// host identity owns and the decoy networks it created. Nothing else is
+// touched. It takes the state directory's lock: a running daemon would
+// recreate what it removes.
+func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var (
+		lo                logOptions
+		host, stateDir    string
+		networks, helpers []string
+		yes               bool
+	)
+	f := newFlags("reap", "reap --yes [flags]", stderr)
+	lo.bind(f)
+	f.String(&host, "host", defaultHost(), "agent identity whose containers are removed")
+	f.List(&networks, "network", "owned Docker networks to remove (default decnet_lan)")
+	f.List(&helpers, "helper", "owned host helper links to remove (default decnet_macvlan0, decnet_ipvlan0)")
+	f.String(&stateDir, "state-dir", "/var/lib/pull-agent", "state directory to clear of addresses and applied hashes")
+	f.Bool(&yes, "yes", false, "really remove everything this agent owns")
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	if !yes {
+		return usageErr("reap removes every decky of host %q; pass --yes to confirm", host)
+	}
+	if len(networks) == 0 {
+		networks = []string{desired.DefaultNetworkName}
+	}
+	log, err := lo.logger(stderr)
+	if err != nil {
+		return err
+	}
+	lock, err := state.Acquire(stateDir)
+	if err != nil {
+		return noStart(fmt.Errorf("%w; stop the daemon (systemctl stop pull-agent) before reaping, or it recreates what reap removes", err))
+	}
+	defer lock.Release()
+	eng, err := engine.New(ctx, host, engine.Options{}, log)
+	if err != nil {
+		return noStart(err)
+	}
+	defer eng.Close()
+	n, err := reaper.All(ctx, eng, host, networks)
+	fmt.Fprintf(stdout, "removed %d containers owned by %s\n", n, host)
+	if len(helpers) == 0 {
+		helpers = []string{"decnet_macvlan0", "decnet_ipvlan0"}
+	}
+	if det, derr := hostnet.NewDetector(); derr == nil {
+		for _, h := range helpers {
+			if herr := det.RemoveHelper(h, host); herr != nil && !errors.Is(herr, hostnet.ErrHelperNotOwned) {
+				err = errors.Join(err, herr)
+			}
+		}
+		det.Close()
+	}
+	if err == nil {
+		_ = os.Remove(filepath.Join(stateDir, state.File))
+	}
+	return err
+}
