@@ -344,3 +344,13 @@ func basicAuth(t *testing.T, h http.Handler) int {
 	h.ServeHTTP(rr, req)
 	return rr.Code
 }
+
+// With authentication off (loopback only), credentials are not even read:
+// an agent whose token is stale still reports.
+func TestInsecureNoAuthIgnoresCredentials(t *testing.T) {
+	_, srv := newMaster(t, open)
+	rr := do(t, srv, http.MethodPost, report.HeartbeatPath, mustJSON(body("worker-a", ev(1, "d1", "succeeded"))), "pam1_000000000000_stale")
+	if rr.Code != http.StatusNoContent {
+		t.Fatalf("status %d: %s", rr.Code, rr.Body)
+	}
+}

@@ -78,12 +78,13 @@ func errorf(w http.ResponseWriter, code int, format string, args ...any) {
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
-	cred, err := s.authenticate(r)
-	if err != nil {
-		s.refuse(w, r, err)
-		return
-	}
+	var cred credential
 	if !s.opt.InsecureNoAuth {
+		var err error
+		if cred, err = s.authenticate(r); err != nil {
+			s.refuse(w, r, err)
+			return
+		}
 		switch {
 		case s.opt.RequireClientCert && len(cred.certNames) == 0:
 			s.refuse(w, r, &authError{http.StatusUnauthorized, "a client certificate is required"})
