@@ -289,6 +289,18 @@ func TestEndToEndDialCheckerFromTheWorker(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(err), liar.String()) {
 		t.Errorf("the failure does not name the decky's address %s: %v", liar, err)
 	}
+	// Bound to the helper link (SO_BINDTODEVICE), as the agent should run
+	// it: the probe can only leave through the helper's route.
+	bound := chk
+	bound.Device = w.helper
+	if err := bound.CheckPorts(ctx, honest, []desired.Port{{Number: 22, Proto: "tcp"}}); err != nil {
+		t.Errorf("bound to the helper link %s: %v", w.helper, err)
+	}
+	bound.Device = w.lan.Parent // the macvlan parent cannot reach its own macvlan children
+	bound.Timeout = time.Second
+	if err := bound.CheckPorts(ctx, honest, []desired.Port{{Number: 22, Proto: "tcp"}}); err == nil {
+		t.Errorf("bound to the parent NIC %s the decky answered: the helper link is not what carries the check", w.lan.Parent)
+	}
 }
 
 // TestEndToEndLANCheckFailsDeclaredPortNotAnswering: a service declaring
