@@ -63,7 +63,7 @@ func agentCmd(args ...string) *exec.Cmd {
 }
 
 // runAgent runs one pull-agent command to its end.
-func runAgent(t *testing.T, args ...string) (int, string) {
+func runAgent(t testing.TB, args ...string) (int, string) {
 	t.Helper()
 	cmd := agentCmd(args...)
 	var out bytes.Buffer

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/decnet/pull-agent/internal/gittest"
+)
+
+// BenchmarkNoOpOnceAtScale measures, at SCALE_N deckies of two services
+// (scripts/scale.sh: 10, 50, 250), a no-op `pull-agent once` as a whole
+// process (start, fetch, one container listing, diff) against its floor
+// measured interleaved in the same run: `git ls-remote` of the same remote
+// plus `docker ps -a` (one container listing), also as processes. The
+// claim is once/floor <= 1.5 (issue 15). It then reports the daemon's RSS
+// once it has converged and gone idle, against the RSS of `pull-agent
+// version` (the process-start floor): the goal is within 10 MB, flat
+// across sizes.
+func BenchmarkNoOpOnceAtScale(b *testing.B) {
+	n := scaleN(b)
+	w := scaleWorld(b, n)
+	w.master = ""
+	var deckies [][2]string
+	for i := 0; i < n; i++ {
+		deckies = append(deckies, [2]string{fmt.Sprintf("d%03d", i), "ssh,http"})
+	}
+	w.commit(fmt.Sprintf("%d deckies", n), deckies, nil)
+	args := append(w.onceArgs(), "--probe=false", "--steady-samples", "1", "--parallel", "4", "--steady-timeout", "120s")
+	if code, out := runAgent(b, args...); code != 0 {
+		b.Fatalf("converging %d deckies: exit %d\n%s", n, code, lastLines(out, 20))
+	}
+	if got := len(w.owned()); got != 3*n {
+		b.Fatalf("%d containers after converging, want %d", got, 3*n)
+	}
+	proc := func(cmd *exec.Cmd) (time.Duration, int64) {
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		t0 := time.Now()
+		if err := cmd.Run(); err != nil {
+			b.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out.String())
+		}
+		return time.Since(t0), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss
+	}
+	var once, floor time.Duration
+	var onceRSS int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d, rss := proc(agentCmd(args...))
+		once += d
+		onceRSS = max(onceRSS, rss)
+		ls := exec.Command("git", "ls-remote", w.repo.FileURL(), "refs/heads/main")
+		ls.Env = gittest.Env()
+		d1, _ := proc(ls)
+		d2, _ := proc(exec.Command("docker", "ps", "-a"))
+		floor += d1 + d2
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(n), "deckies")
+	b.ReportMetric(float64(once.Microseconds())/float64(b.N)/1000, "once-ms")
+	b.ReportMetric(float64(floor.Microseconds())/float64(b.N)/1000, "floor-ms")
+	b.ReportMetric(float64(once)/float64(floor), "once/floor")
+	b.ReportMetric(float64(onceRSS)/1024, "once-peak-MB")
+
+	// The daemon, idle after a pass over n converged deckies.
+	_, verRSS := proc(agentCmd("version"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	maddr := ln.Addr().String()
+	ln.Close()
+	runArgs := append([]string{"run"}, args[1:]...)
+	runArgs = append(runArgs, "--interval", "1h", "--metrics", maddr)
+	daemon := agentCmd(runArgs...)
+	var dout syncBuffer
+	daemon.Stdout, daemon.Stderr = &dout, &dout
+	if err := daemon.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = daemon.Process.Signal(syscall.SIGTERM); _ = daemon.Wait() }()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		if resp, err := http.Get("http://" + maddr + "/metrics"); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(body), "pull_agent_passes_total{") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("the daemon did not finish a pass:\n%s", dout.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // idle: after the pass, before reading RSS (a measurement, not an assertion)
+	rss, hwm := procStatusKB(b, daemon.Process.Pid, "VmRSS"), procStatusKB(b, daemon.Process.Pid, "VmHWM")
+	b.ReportMetric(float64(rss)/1024, "idle-rss-MB")
+	b.ReportMetric(float64(hwm)/1024, "idle-hwm-MB")
+	b.ReportMetric(float64(verRSS)/1024, "version-rss-MB")
+	b.ReportMetric(float64(rss-verRSS)/1024, "idle-over-floor-MB")
+}
+
+func procStatusKB(b *testing.B, pid int, field string) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatalf("/proc/%d/status has no %s", pid, field)
+	return 0
+}
