@@ -318,6 +318,14 @@ func TestEndToEndFaultKilledMidPass(t *testing.T) {
 		}
 		w.commit(fmt.Sprintf("trial %d", k), live, nil)
 		point := killPoint(k % 3)
+		switch os.Getenv("FAULTS_KILL_POINT") { // one point only, to reproduce
+		case "compose":
+			point = killInCompose
+		case "outbox":
+			point = killAtOutbox
+		case "random":
+			point = killRandom
+		}
 		newDecky := w.name(fmt.Sprintf("k%02d", k))
 		var before []string
 		if ents, err := os.ReadDir(outboxDir); err == nil {
@@ -399,12 +407,24 @@ func TestEndToEndFaultKilledMidPass(t *testing.T) {
 	}
 	for _, d := range live {
 		name := w.name(d[0])
+		if st.Applied[name] == "" {
+			t.Errorf("state: decky %s runs, but the state file does not record it as applied", name)
+		}
 		found := false
 		for _, r := range rows {
 			found = found || (r.DeckyName == name && r.Status == "succeeded" && r.ConfigHash == st.Applied[name] && r.Operation != "teardown")
 		}
 		if !found {
 			t.Errorf("lost: decky %s runs configuration %.12s, which the master never heard of", name, st.Applied[name])
+		}
+	}
+	for name := range removed {
+		found := false
+		for _, r := range rows {
+			found = found || (r.DeckyName == name && r.Status == "succeeded" && r.Operation != "teardown")
+		}
+		if !found {
+			t.Errorf("lost: decky %s was deployed (and later removed), and the master never heard of the deploy", name)
 		}
 	}
 	for name := range removed {
