@@ -21,6 +21,7 @@ const (
 	Update      Action = "update"      // some containers must be recreated
 	Repair      Action = "repair"      // containers were stopped or removed by hand
 	Remove      Action = "remove"      // no longer desired on this host
+	Verify      Action = "verify"      // as desired but not verified (last check failed): check again
 	Unchanged   Action = "unchanged"   // nothing to do, nothing touched
 	Quarantined Action = "quarantined" // failed too often at this revision; left alone
 	Failed      Action = "failed"      // cannot be applied (bad address, name taken); left as it is
@@ -67,7 +68,7 @@ type Entry struct {
 // Changes reports whether applying the entry mutates anything.
 func (e Entry) Changes() bool {
 	switch e.Action {
-	case Create, Update, Repair, Remove:
+	case Create, Update, Repair, Remove, Verify:
 		return true
 	}
 	return false
@@ -127,8 +128,12 @@ func (cs ChangeSet) WriteTable(w io.Writer) error {
 		return err
 	}
 	c := cs.Count()
-	_, err := fmt.Fprintf(w, "\n%d to create, %d to update, %d to repair, %d to remove, %d unchanged, %d quarantined, %d failed\n",
-		c[Create], c[Update], c[Repair], c[Remove], c[Unchanged], c[Quarantined], c[Failed])
+	verify := ""
+	if c[Verify] > 0 {
+		verify = fmt.Sprintf(", %d to verify again", c[Verify])
+	}
+	_, err := fmt.Fprintf(w, "\n%d to create, %d to update, %d to repair, %d to remove, %d unchanged, %d quarantined, %d failed%s\n",
+		c[Create], c[Update], c[Repair], c[Remove], c[Unchanged], c[Quarantined], c[Failed], verify)
 	return err
 }
 

@@ -23,6 +23,11 @@ type DiffInput struct {
 	// Applied maps each decky to the hash last applied and verified on
 	// this worker; a difference at an applied hash is drift (repair).
 	Applied map[string]string
+	// Unverified reports whether a decky whose containers are exactly as
+	// desired failed its last verification at this hash (steady state or
+	// LAN check): it is checked again (Verify) instead of being taken as
+	// unchanged, until it passes or is quarantined. nil means never.
+	Unverified func(decky, hash string) bool
 }
 
 // Diff computes the change set (pure). Deckies whose desired state cannot
@@ -124,6 +129,14 @@ func diffDecky(in DiffInput, d *DeckySpec, observed []engine.Container, foreign 
 	switch {
 	case !e.RecreateBase && len(e.Services) == 0 && len(e.Drop) == 0 && len(e.Start) == 0:
 		e.Action = Unchanged
+		if in.Unverified != nil && applied != d.Hash && in.Unverified(d.Name, d.Hash) {
+			// Running as desired, but never verified: a decoy that did not
+			// answer on its declared port must not pass for converged.
+			e.Action, e.Operation = Verify, OpDeploy
+			if len(observed) > 0 && applied != "" {
+				e.Operation = OpMutate
+			}
+		}
 	case applied == d.Hash:
 		// This exact state was applied and verified before: whatever differs
 		// now was changed by hand, and is put back.

@@ -3,9 +3,11 @@ package apply
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/decnet/pull-agent/engine"
 )
@@ -131,5 +133,56 @@ func TestDiff(t *testing.T) {
 				t.Errorf("\n got: %s\nwant: %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestDiffVerifiesAgainWhatFailedVerification: a decky running exactly as
+// desired whose last verification failed at this hash (it did not answer
+// on a declared port) is checked again rather than taken as unchanged;
+// once verified (applied) or without the hook it is unchanged.
+func TestDiffVerifiesAgainWhatFailedVerification(t *testing.T) {
+	specs := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)
+	d1, d2 := specs["d1"], specs["d2"]
+	running := observe(d1, d2)
+	failedAt := func(d, h string) bool { return d == "d1" && h == d1.Hash }
+	tests := []struct {
+		name       string
+		applied    map[string]string
+		unverified func(string, string) bool
+		want       string
+	}{
+		{"failed its first check: verify again as a deploy", map[string]string{"d2": d2.Hash}, failedAt, "d1:verify/deploy; d2:unchanged"},
+		{"an earlier state was verified: verify again as a mutate", map[string]string{"d1": "older", "d2": d2.Hash}, failedAt, "d1:verify/mutate; d2:unchanged"},
+		{"verified at this hash: unchanged", map[string]string{"d1": d1.Hash, "d2": d2.Hash}, failedAt, "d1:unchanged; d2:unchanged"},
+		{"no hook: unchanged", map[string]string{}, nil, "d1:unchanged; d2:unchanged"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cs := Diff(DiffInput{Owner: "w", Project: "decnet", Desired: []*DeckySpec{d1, d2}, Observed: running, Applied: tt.applied, Unverified: tt.unverified})
+			if got := summary(cs); got != tt.want {
+				t.Errorf("\n got: %s\nwant: %s", got, tt.want)
+			}
+			for _, e := range cs.Entries {
+				if e.Action == Verify && (e.RecreateBase || len(e.Services)+len(e.Start)+len(e.Drop) > 0) {
+					t.Errorf("verify touches containers: %+v", e)
+				}
+			}
+		})
+	}
+}
+
+// A Verify entry recreates nothing: it only waits for the steady state and
+// runs the LAN check again.
+func TestApplyVerifyOnlyChecks(t *testing.T) {
+	d := lanDecky()
+	eng := steadyEngine(d)
+	chk := &recordingChecker{closed: map[uint16]bool{22: true}}
+	a := NewApplier(eng, "p", "/", engine.NetworkSpec{}, Options{Steady: SteadyOptions{Samples: 1, Interval: time.Millisecond, Timeout: time.Second}, LANCheck: chk}, slog.New(slog.DiscardHandler))
+	res := a.Apply(t.Context(), ChangeSet{Entries: []Entry{{Decky: "d", Action: Verify, Operation: OpDeploy, spec: d}}}, nil)
+	if len(res) != 1 || res[0].Status != FailedSt || !strings.Contains(res[0].Error, "22/tcp") {
+		t.Fatalf("results %+v, want the LAN check failure again", res)
+	}
+	if len(chk.calls) == 0 {
+		t.Error("the LAN check did not run")
 	}
 }
