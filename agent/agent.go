@@ -3,15 +3,18 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	stdsync "sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/decnet/pull-agent/apply"
+	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/internal/state"
 	"github.com/decnet/pull-agent/report"
@@ -40,6 +43,9 @@ type Config struct {
 	// default 30s. On shutdown the final delivery gets this long too.
 	ReportTimeout time.Duration
 	Version       string // reported in heartbeats
+	// Suspend applies nothing (--suspend); see also the host file's
+	// suspend: and the state directory's suspend file.
+	Suspend bool
 }
 
 func (c *Config) defaults() {
@@ -89,6 +95,7 @@ type Agent struct {
 	lastStatus *report.Status
 	hostUUID   string
 	signer     string // who signed the last fetched commit ("none": no policy)
+	suspended  bool   // the last pass stopped because the agent is suspended
 
 	window passWindow // tells the agent's own Engine events from drift
 
@@ -228,6 +235,9 @@ func (a *Agent) finish(ctx context.Context, p *pass, passErr error) {
 		a.setHealth()
 		return
 	}
+	if passErr == nil && p.note != "" {
+		passErr = errors.New(p.note)
+	}
 	a.deliver(ctx, a.heartbeat(ctx, p, passErr), true)
 	if err := a.st.Save(a.cfg.StateDir); err != nil {
 		a.log.ErrorContext(ctx, "cannot save state", "err", err)
@@ -242,6 +252,7 @@ type Health struct {
 	Commit      string
 	Signer      string
 	Converged   bool
+	Suspended   bool
 	// Deckies counts deckies by runtime state at the last full pass.
 	Deckies map[string]int
 }
@@ -262,7 +273,7 @@ func (a *Agent) Health() Health {
 // setHealth publishes the pass goroutine's view for other goroutines.
 func (a *Agent) setHealth() {
 	h := Health{LastFetchOK: a.st.LastFetchOK, LastApply: a.st.LastApply, Commit: a.st.LastCommit,
-		Signer: a.signer, Converged: a.st.LastClean, Deckies: map[string]int{}}
+		Signer: a.signer, Converged: a.st.LastClean, Suspended: a.suspended, Deckies: map[string]int{}}
 	if a.lastStatus != nil {
 		for _, rt := range a.lastStatus.Runtime {
 			h.Deckies[rt.State]++
@@ -271,6 +282,45 @@ func (a *Agent) setHealth() {
 	a.mu.Lock()
 	a.health = h
 	a.mu.Unlock()
+}
+
+// SuspendFile is the file whose presence in the state directory suspends
+// the agent (`pull-agent suspend` writes it, `resume` removes it).
+const SuspendFile = "suspend"
+
+// Suspend writes the suspend file with a reason; Resume removes it.
+func Suspend(stateDir, reason string) error {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(stateDir, SuspendFile), []byte(reason+"\n"), 0o600)
+}
+
+// Resume removes the suspend file; resuming a running agent is not an
+// error.
+func Resume(stateDir string) error {
+	err := os.Remove(filepath.Join(stateDir, SuspendFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// suspendedBy says who suspended the agent, or "" when nobody did.
+func (a *Agent) suspendedBy(h *desired.Host) string {
+	switch {
+	case a.cfg.Suspend:
+		return "--suspend"
+	case h != nil && h.Suspend:
+		return fmt.Sprintf("suspend: true in %s", h.File)
+	}
+	if b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, SuspendFile)); err == nil {
+		if r := strings.TrimSpace(string(b)); r != "" {
+			return "pull-agent suspend: " + r
+		}
+		return "pull-agent suspend"
+	}
+	return ""
 }
 
 // Short abbreviates a commit hash for messages.

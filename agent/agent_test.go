@@ -418,3 +418,157 @@ func TestLeftoverBuildContextsAreRemovedAtStart(t *testing.T) {
 		t.Fatalf("%s is not a build context and must stay: %v", keep, err)
 	}
 }
+
+// pushHost commits a host file with extra top-level lines and deckies.
+func (w *world) pushHost(extra string, deckies ...string) string {
+	var b strings.Builder
+	b.WriteString(extra)
+	b.WriteString("deckies:")
+	if len(deckies) == 0 {
+		b.WriteString(" []")
+	}
+	b.WriteString("\n")
+	for _, d := range deckies {
+		name, svcs, _ := strings.Cut(d, ":")
+		fmt.Fprintf(&b, "  - name: %s\n    services: [%s]\n", name, svcs)
+	}
+	return w.src.Push(map[string]string{"fleet.yaml": fleetYAML, "hosts/w.yaml": b.String()})
+}
+
+func deckyNames(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("d%02d:ssh", i))
+	}
+	return out
+}
+
+func TestPruneGuard(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		running  int
+		keep     int
+		override string
+		refused  bool
+	}{
+		{name: "removing 9 of 10 is refused", running: 10, keep: 1, refused: true},
+		{name: "removing 9 of 10 with max: all", running: 10, keep: 1, override: "prune: {max: all}\n"},
+		{name: "removing 9 of 10 with max: 5 is refused", running: 10, keep: 1, override: "prune: {max: 5}\n", refused: true},
+		{name: "removing 9 of 10 with max: 9", running: 10, keep: 1, override: "prune: {max: 9}\n"},
+		{name: "removing 1 of 4 needs no override", running: 4, keep: 3},
+		{name: "an empty host file is refused", running: 2, keep: 0, refused: true},
+		{name: "an empty host file with max: all", running: 2, keep: 0, override: "prune: {max: all}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			all := deckyNames(tc.running)
+			w.push(all...)
+			w.mustPass(true)
+			mutations := len(w.eng.Mutations())
+			w.pushHost(tc.override, all[:tc.keep]...)
+			res := w.mustPass(false)
+			removed := tc.running - tc.keep
+			var teardowns []string
+			for _, e := range res.Events {
+				if e.Operation == "teardown" {
+					teardowns = append(teardowns, e.Status)
+					if tc.refused && !strings.Contains(e.Error, "prune refused") {
+						t.Errorf("refused teardown of %s without the reason: %q", e.DeckyName, e.Error)
+					}
+				}
+			}
+			if len(teardowns) != removed {
+				t.Fatalf("teardown events = %v, want %d", teardowns, removed)
+			}
+			if !tc.refused {
+				if len(w.containers()) != 2*tc.keep || res.Failed != 0 {
+					t.Fatalf("allowed prune: containers %v failed %d", w.containers(), res.Failed)
+				}
+				return
+			}
+			if got := w.eng.Mutations()[mutations:]; len(got) != 0 {
+				t.Fatalf("a refused prune changed the worker: %v", got)
+			}
+			if res.Failed != removed || slices.ContainsFunc(teardowns, func(s string) bool { return s != "failed" }) {
+				t.Fatalf("failed=%d teardowns=%v", res.Failed, teardowns)
+			}
+			v, err := agent.ReadStatus(w.cfg.StateDir, "w")
+			if err != nil || !strings.Contains(v.Deckies["d01"].Error, "prune refused") {
+				t.Fatalf("status does not show the refused prune: %+v %v", v.Deckies["d01"], err)
+			}
+			// The next pass refuses again, silently: the reason was reported.
+			if res := w.mustPass(true); len(res.Events) != 0 || res.Failed != removed {
+				t.Fatalf("second refused pass: events %v failed %d", events(res.Events), res.Failed)
+			}
+			// The override in a later commit lets it through.
+			w.pushHost("prune: {max: all}\n", all[:tc.keep]...)
+			if res := w.mustPass(false); res.Failed != 0 || len(w.containers()) != 2*tc.keep {
+				t.Fatalf("with the override: failed %d containers %v", res.Failed, w.containers())
+			}
+		})
+	}
+}
+
+func TestSuspendAppliesNothingAndResumeApplies(t *testing.T) {
+	for _, how := range []string{"file", "host file", "config"} {
+		t.Run(how, func(t *testing.T) {
+			w := newWorld(t)
+			w.push("a:ssh")
+			w.mustPass(true)
+			applied := w.a.State().LastCommit
+			mutations := len(w.eng.Mutations())
+			var c2 string
+			switch how {
+			case "file":
+				if err := agent.Suspend(w.cfg.StateDir, "maintenance"); err != nil {
+					t.Fatal(err)
+				}
+				c2 = w.push("a:ssh", "b:http")
+			case "host file":
+				c2 = w.pushHost("suspend: true\n", "a:ssh", "b:http")
+			case "config":
+				w.cfg.Suspend = true
+				w.a = w.newAgent()
+				c2 = w.push("a:ssh", "b:http")
+			}
+			for range 2 {
+				res, err := w.pass(false)
+				if err != nil || res.Commit != c2 {
+					t.Fatalf("suspended pass: %+v %v", res, err)
+				}
+			}
+			if got := w.eng.Mutations()[mutations:]; len(got) != 0 {
+				t.Fatalf("a suspended agent changed the worker: %v", got)
+			}
+			hbs := w.rep.Heartbeats()
+			hb := hbs[len(hbs)-1]
+			if !hb.Suspended || !strings.Contains(hb.PassError, "suspended") || !strings.Contains(hb.PassError, c2[:12]) {
+				t.Fatalf("heartbeat does not say suspended with the fetched commit: %+v", hb)
+			}
+			if st := w.a.State(); st.LastCommit != applied || st.LastFetchOK.IsZero() {
+				t.Fatalf("a suspended pass recorded the commit as applied: %+v", st)
+			}
+			if h := w.a.Health(); !h.Suspended {
+				t.Fatal("health does not say suspended")
+			}
+			switch how {
+			case "file":
+				if err := agent.Resume(w.cfg.StateDir); err != nil {
+					t.Fatal(err)
+				}
+			case "host file":
+				w.push("a:ssh", "b:http")
+			case "config":
+				w.cfg.Suspend = false
+				w.a = w.newAgent()
+			}
+			res := w.mustPass(false)
+			if got := events(res.Events); !slices.Equal(got, []string{"b deploy succeeded"}) {
+				t.Fatalf("after resume: %v", got)
+			}
+			if hbs := w.rep.Heartbeats(); hbs[len(hbs)-1].Suspended {
+				t.Fatal("heartbeat still says suspended after resume")
+			}
+		})
+	}
+}

@@ -28,6 +28,7 @@ type Metrics struct {
 	lastFetch prometheus.Gauge
 	lastApply prometheus.Gauge
 	info      *prometheus.GaugeVec
+	suspended prometheus.Gauge
 	version   string
 }
 
@@ -50,7 +51,8 @@ func NewMetrics(version string) *Metrics {
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_info",
 			Help: "Agent version, applied commit and who signed it (verified: the signer, or none without a trust policy)."}, []string{"version", "commit", "verified"}),
 	}
-	m.reg.MustRegister(m.passes, m.passTime, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
+	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_suspended", Help: "1 while the agent is suspended and applies nothing."})
+	m.reg.MustRegister(m.suspended, m.passes, m.passTime, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -83,6 +85,10 @@ func (m *Metrics) Observe(a *Agent, res *Result, err error, took time.Duration) 
 	}
 	if !h.LastApply.IsZero() {
 		m.lastApply.Set(float64(h.LastApply.Unix()))
+	}
+	m.suspended.Set(0)
+	if h.Suspended {
+		m.suspended.Set(1)
 	}
 	m.info.Reset()
 	m.info.WithLabelValues(m.version, h.Commit, h.Signer).Set(1)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"text/tabwriter"
@@ -23,6 +24,7 @@ func (a *Agent) baseHeartbeat(passErr error) report.Heartbeat {
 		HostUUID: a.cfg.Host, Host: a.cfg.Host, AgentVersion: a.cfg.Version,
 		Commit: a.st.LastCommit, Remote: a.st.LastRemote,
 		LastFetchOK: a.st.LastFetchOK, LastApply: a.st.LastApply, GeneratedAt: a.now().UTC(),
+		Verified: a.signer, Suspended: a.suspended,
 	}
 	if a.hostUUID != "" {
 		hb.HostUUID = a.hostUUID
@@ -173,6 +175,8 @@ type StatusView struct {
 	Commit         string               `json:"commit"`
 	Remote         string               `json:"remote"`
 	Verified       string               `json:"verified,omitempty"`
+	Suspended      bool                 `json:"suspended,omitempty"`
+	Delivery       string               `json:"delivery,omitempty"`
 	LastFetchOK    time.Time            `json:"last_fetch_ok"`
 	LastApply      time.Time            `json:"last_apply"`
 	LastClean      bool                 `json:"converged"`
@@ -202,7 +206,12 @@ func ReadStatus(stateDir, host string) (StatusView, error) {
 		return StatusView{}, err
 	}
 	hb, _ := box.Heartbeat()
-	out := StatusView{
+	delivery := ""
+	if d, ok := box.Delivery(); ok {
+		delivery = d.String()
+	}
+	_, suspended := os.Stat(filepath.Join(stateDir, SuspendFile))
+	out := StatusView{Suspended: hb.Suspended || suspended == nil, Delivery: delivery,
 		Host: host, Commit: st.LastCommit, Remote: st.LastRemote, Verified: st.Verified, LastFetchOK: st.LastFetchOK, LastApply: st.LastApply,
 		LastClean: st.LastClean, PassError: hb.PassError, OutboxDepth: box.Depth(), OutboxRejected: box.Rejected(),
 		Deckies: map[string]DeckyView{},
@@ -241,6 +250,12 @@ func (v StatusView) WriteText(w io.Writer, now time.Time) error {
 	}
 	fmt.Fprintf(w, "host:            %s\ncommit:          %s\nremote:          %s\nlast fetch ok:   %s\nlast apply:      %s\nconverged:       %v\n",
 		v.Host, Short(v.Commit), v.Remote, age(v.LastFetchOK), age(v.LastApply), v.LastClean)
+	if v.Suspended {
+		fmt.Fprintf(w, "suspended:       yes (nothing is applied; pull-agent resume)\n")
+	}
+	if v.Delivery != "" {
+		fmt.Fprintf(w, "delivery:        %s\n", v.Delivery)
+	}
 	if v.Verified != "" {
 		fmt.Fprintf(w, "verified:        %s\n", v.Verified)
 	}

@@ -38,7 +38,13 @@ type pass struct {
 	// cancelAt is when shutdown was signalled during apply (zero: never);
 	// a decky failing from then on was abandoned, not failed.
 	cancelAt time.Time
-	res      *Result
+	// note explains a pass that stopped on purpose (suspended); it travels
+	// in the heartbeat's pass_error.
+	note string
+	// pruneRefused is why the removals of this pass were refused ("" when
+	// they were not).
+	pruneRefused string
+	res          *Result
 }
 
 // cancelTime records when a context was cancelled (set from another
@@ -64,10 +70,12 @@ type step struct {
 var steps = []step{
 	{"fetch", fetch},
 	{"parse", parse},
+	{"suspend", suspend},
 	{"detect", detect},
 	{"allocate", allocate},
 	{"render", render},
 	{"diff", diff},
+	{"prune", pruneGuard},
 	{"network", ensureNetwork},
 	{"apply", applyStep},
 	{"record", record},
@@ -116,6 +124,68 @@ func parse(_ context.Context, p *pass) error {
 	}
 	p.a.hostUUID = p.host.HostUUID
 	return nil
+}
+
+// suspend stops the pass after the commit was fetched, verified and
+// parsed when the operator suspended the agent (host file suspend: true,
+// `pull-agent suspend`, or --suspend): nothing is applied, the heartbeat
+// says so, and the commit is applied after resume (it is not recorded as
+// applied).
+func suspend(_ context.Context, p *pass) error {
+	why := p.a.suspendedBy(p.host)
+	p.a.suspended = why != ""
+	if why == "" {
+		return nil
+	}
+	p.note = fmt.Sprintf("suspended (%s): commit %s fetched and verified, nothing applied", why, Short(p.rev.Commit))
+	p.log.Info("suspended; nothing applied", "by", why)
+	return errStop
+}
+
+// pruneGuard refuses a removal larger than the host file allows: by
+// default at most desired.DefaultPruneMax deckies and at most half of those
+// running in one pass, and never every decky, unless the commit carries
+// prune: {max: N|all}. A refused removal removes nothing; every decky it
+// would have removed becomes a failed teardown with the reason (reported
+// once, shown in status), and the rest of the change set goes on.
+func pruneGuard(_ context.Context, p *pass) error {
+	running := map[string]bool{}
+	for _, c := range p.observed {
+		if c.Owner() == p.a.cfg.Host && c.Decky() != "" {
+			running[c.Decky()] = true
+		}
+	}
+	var remove []string
+	for _, e := range p.res.Changes.Entries {
+		if e.Action == apply.Remove {
+			remove = append(remove, e.Decky)
+		}
+	}
+	if p.host.Prune.Allows(len(running), len(remove)) {
+		return nil
+	}
+	why := fmt.Sprintf("prune refused: commit %s removes %d of the %d deckies on this worker, more than the guard allows (at most %d, and at most half; never all) without a committed override in %s: add `prune: {max: all}` (or max: N) to apply it",
+		Short(p.rev.Commit), len(remove), len(running), desired.DefaultPruneMax, p.host.File)
+	if p.host.Prune.Set && !p.host.Prune.All {
+		why = fmt.Sprintf("prune refused: commit %s removes %d deckies, more than prune.max %d in %s", Short(p.rev.Commit), len(remove), p.host.Prune.Max, p.host.File)
+	}
+	p.log.Warn("prune refused; nothing removed", "remove", len(remove), "running", len(running))
+	p.pruneRefused = why
+	p.enforcePrune()
+	return nil
+}
+
+// enforcePrune turns the change set's removals into failed teardowns when
+// the prune was refused (again after a re-plan).
+func (p *pass) enforcePrune() {
+	if p.pruneRefused == "" {
+		return
+	}
+	for i, e := range p.res.Changes.Entries {
+		if e.Action == apply.Remove {
+			p.res.Changes.Entries[i] = apply.Entry{Decky: e.Decky, Action: apply.Failed, Operation: apply.OpTeardown, Error: p.pruneRefused}
+		}
+	}
 }
 
 // detect finds the decoy LAN: the override, the host file's interface, or
@@ -230,6 +300,7 @@ func ensureNetwork(ctx context.Context, p *pass) error {
 			return err
 		}
 		p.res.Changes = apply.Diff(p.diffIn)
+		p.enforcePrune()
 	}
 	return nil
 }
@@ -261,9 +332,13 @@ func applyStep(ctx context.Context, p *pass) error {
 // and queues the events.
 func record(ctx context.Context, p *pass) error {
 	a := p.a
-	wanted := make([]string, 0, len(p.host.Deckies))
-	for _, d := range p.host.Deckies {
-		wanted = append(wanted, d.Name)
+	// Every decky the pass keeps: desired ones, and those whose removal
+	// the prune guard refused (their failure is remembered, not re-sent).
+	var wanted []string
+	for _, e := range p.res.Changes.Entries {
+		if e.Action != apply.Remove {
+			wanted = append(wanted, e.Decky)
+		}
 	}
 	out := Record(RecordInput{
 		State: a.st, Commit: p.rev.Commit, Wanted: wanted, Assignments: p.alloc.Assignments,
