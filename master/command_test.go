@@ -213,3 +213,20 @@ func TestParseRetain(t *testing.T) {
 		}
 	}
 }
+
+// A PostgreSQL password never reaches a log line or an error.
+func TestRedactDSN(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://pa:s3cret@db.example.org:5432/master?sslmode=verify-full": "postgres://pa:xxxxx@db.example.org:5432/master?sslmode=verify-full",
+		"postgresql://db.example.org/master?user=pa&password=s3cret":          "postgresql://db.example.org/master?user=pa&password=xxxxx",
+		"/var/lib/pull-agent-master/master.db":                                "/var/lib/pull-agent-master/master.db",
+	} {
+		if got := redactDSN(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("%s: %s", in, got)
+		}
+	}
+	_, err := OpenStore(context.Background(), "postgres://pa:s3cret@127.0.0.1:1/master?connect_timeout=2")
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("error: %v", err)
+	}
+}
