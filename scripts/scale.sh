@@ -31,6 +31,7 @@ work=$(mktemp -d /tmp/pull-agent-scale.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 go build -o "$work/pull-agent" ./cmd/pull-agent
 PA=$work/pull-agent
+export PULL_AGENT_BIN=$PA # the benchmarks run this binary, not the test binary
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
