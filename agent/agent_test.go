@@ -572,3 +572,34 @@ func TestSuspendAppliesNothingAndResumeApplies(t *testing.T) {
 		})
 	}
 }
+
+func TestReapOneDecky(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh", "b:ssh,http")
+	w.mustPass(true)
+	n, err := agent.Reap(context.Background(), agent.ReapOptions{Host: "w", StateDir: w.cfg.StateDir, Decky: "b", Outbox: w.box}, w.eng, w.lan)
+	if err != nil || n != 3 {
+		t.Fatalf("reap --decky b: %d %v", n, err)
+	}
+	if got := w.containers(); !slices.Equal(got, []string{"a", "a-ssh"}) {
+		t.Fatalf("containers after reaping b = %v (its base must go too)", got)
+	}
+	es, _ := w.box.Pending(10)
+	if got := events(es); !slices.Equal(got, []string{"b teardown succeeded"}) {
+		t.Fatalf("queued = %v", got)
+	}
+	st, _ := state.Load(w.cfg.StateDir, "w")
+	if _, ok := st.Applied["b"]; ok || st.LastClean {
+		t.Fatalf("state still holds b, or is clean: %+v", st)
+	}
+	if _, err := agent.Reap(context.Background(), agent.ReapOptions{Host: "w", StateDir: w.cfg.StateDir, Decky: "nope"}, w.eng, w.lan); err == nil {
+		t.Fatal("reaping an unknown decky must fail")
+	}
+	// Everything: containers, network, state file.
+	if n, err := agent.Reap(context.Background(), agent.ReapOptions{Host: "w", StateDir: w.cfg.StateDir}, w.eng, w.lan); err != nil || n != 2 || len(w.containers()) != 0 {
+		t.Fatalf("reap all: %d %v %v", n, err, w.containers())
+	}
+	if _, err := os.Stat(filepath.Join(w.cfg.StateDir, state.File)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("state file after reap: %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/internal/state"
@@ -279,4 +280,25 @@ func firstLine(s string) string {
 		}
 	}
 	return s
+}
+
+// WriteSummary prints one line about the pass and one per decky that did
+// not succeed.
+func (res *Result) WriteSummary(w io.Writer) {
+	c := res.Changes.Count()
+	ok, bad := 0, 0
+	for _, r := range res.Results {
+		if r.Status == apply.Succeeded {
+			ok++
+		} else {
+			bad++
+		}
+	}
+	fmt.Fprintf(w, "commit %s: %d applied, %d failed, %d unchanged, %d quarantined, %d not applicable, %d abandoned\n",
+		Short(res.Commit), ok, bad-len(res.Abandoned), c[apply.Unchanged], c[apply.Quarantined], c[apply.Failed], len(res.Abandoned))
+	for _, e := range res.Events {
+		if e.Status != apply.Succeeded {
+			fmt.Fprintf(w, "  %s %s %s: %s\n", e.DeckyName, e.Operation, e.Status, e.Error)
+		}
+	}
 }

@@ -13,12 +13,11 @@ import (
 	"time"
 
 	"github.com/decnet/pull-agent/agent"
-	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/hostnet"
 	"github.com/decnet/pull-agent/internal/state"
-	"github.com/decnet/pull-agent/reaper"
+	"github.com/decnet/pull-agent/report"
 )
 
 func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -31,31 +30,11 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitCode(noStart(err), stderr)
 	}
-	summarize(stdout, res)
+	res.WriteSummary(stdout)
 	if res.Failed > 0 && ctx.Err() == nil {
 		return exitFailed
 	}
 	return exitOK
-}
-
-func summarize(w io.Writer, res *agent.Result) {
-	c := res.Changes.Count()
-	ok, bad := 0, 0
-	for _, r := range res.Results {
-		if r.Status == apply.Succeeded {
-			ok++
-		} else {
-			bad++
-		}
-	}
-	bad -= len(res.Abandoned)
-	fmt.Fprintf(w, "commit %s: %d applied, %d failed, %d unchanged, %d quarantined, %d not applicable, %d abandoned\n",
-		agent.Short(res.Commit), ok, bad, c[apply.Unchanged], c[apply.Quarantined], c[apply.Failed], len(res.Abandoned))
-	for _, e := range res.Events {
-		if e.Status != apply.Succeeded {
-			fmt.Fprintf(w, "  %s %s %s: %s\n", e.DeckyName, e.Operation, e.Status, e.Error)
-		}
-	}
 }
 
 func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -125,7 +104,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		OnPass: func(res *agent.Result, err error, took time.Duration) {
 			m.Observe(w.Agent, res, err, took)
 			if err == nil && !res.Skipped && res.Changes.Changes() {
-				summarize(stdout, res)
+				res.WriteSummary(stdout)
 			}
 		},
 	})
@@ -202,62 +181,76 @@ func cmdStatus(_ context.Context, args []string, stdout, stderr io.Writer) error
 	return v.WriteText(stdout, time.Now())
 }
 
-// cmdReap is the agent's self-destruct: it removes every container this
-// host identity owns and the decoy networks it created. Nothing else is
-// touched. It takes the state directory's lock: a running daemon would
+// cmdReap is the agent's self-destruct (agent.Reap): every container,
+// network and helper link this host identity owns, or one decky with
+// --decky. It takes the state directory's lock: a running daemon would
 // recreate what it removes.
 func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
-		lo                logOptions
-		host, stateDir    string
-		networks, helpers []string
-		yes               bool
+		lo  logOptions
+		opt agent.ReapOptions
+		yes bool
 	)
-	f := newFlags("reap", "reap --yes [flags]", stderr)
+	f := newFlags("reap", "reap --yes [--decky NAME] [flags]", stderr)
 	lo.bind(f)
-	f.String(&host, "host", defaultHost(), "agent identity whose containers are removed")
-	f.List(&networks, "network", "owned Docker networks to remove (default decnet_lan)")
-	f.List(&helpers, "helper", "owned host helper links to remove (default decnet_macvlan0, decnet_ipvlan0)")
-	f.String(&stateDir, "state-dir", "/var/lib/pull-agent", "state directory to clear of addresses and applied hashes")
-	f.Bool(&yes, "yes", false, "really remove everything this agent owns")
+	f.String(&opt.Host, "host", defaultHost(), "agent identity whose containers are removed")
+	f.List(&opt.Networks, "network", "owned Docker networks to remove (default decnet_lan)")
+	f.List(&opt.Helpers, "helper", "owned host helper links to remove (default decnet_macvlan0, decnet_ipvlan0)")
+	f.String(&opt.StateDir, "state-dir", "/var/lib/pull-agent", "state directory to clear of addresses and applied hashes")
+	f.String(&opt.Decky, "decky", "", "remove only this decky (base included), reported as a teardown")
+	f.Bool(&yes, "yes", false, "really remove everything this agent owns (or the --decky)")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
 	if !yes {
-		return usageErr("reap removes every decky of host %q; pass --yes to confirm", host)
-	}
-	if len(networks) == 0 {
-		networks = []string{desired.DefaultNetworkName}
+		return usageErr("reap removes the deckies of host %q; pass --yes to confirm", opt.Host)
 	}
 	log, err := lo.logger(stderr)
 	if err != nil {
 		return err
 	}
-	lock, err := state.Acquire(stateDir)
+	lock, err := state.Acquire(opt.StateDir)
 	if err != nil {
 		return noStart(fmt.Errorf("%w; stop the daemon (systemctl stop pull-agent) before reaping, or it recreates what reap removes", err))
 	}
 	defer lock.Release()
-	eng, err := engine.New(ctx, host, engine.Options{}, log)
+	eng, err := engine.New(ctx, opt.Host, engine.Options{}, log)
 	if err != nil {
 		return noStart(err)
 	}
 	defer eng.Close()
-	n, err := reaper.All(ctx, eng, host, networks)
-	fmt.Fprintf(stdout, "removed %d containers owned by %s\n", n, host)
-	if len(helpers) == 0 {
-		helpers = []string{"decnet_macvlan0", "decnet_ipvlan0"}
+	var lan agent.LAN
+	if det, err := hostnet.NewDetector(); err == nil {
+		defer det.Close()
+		lan = agent.HostLAN{Detector: det}
 	}
-	if det, derr := hostnet.NewDetector(); derr == nil {
-		for _, h := range helpers {
-			if herr := det.RemoveHelper(h, host); herr != nil && !errors.Is(herr, hostnet.ErrHelperNotOwned) {
-				err = errors.Join(err, herr)
-			}
+	if opt.Decky != "" {
+		if opt.Outbox, err = report.OpenOutbox(filepath.Join(opt.StateDir, "outbox"), opt.Host); err != nil {
+			return err
 		}
-		det.Close()
 	}
-	if err == nil {
-		_ = os.Remove(filepath.Join(stateDir, state.File))
-	}
+	n, err := agent.Reap(ctx, opt, eng, lan)
+	fmt.Fprintf(stdout, "removed %d containers owned by %s\n", n, opt.Host)
 	return err
+}
+
+// cmdSuspend writes (resume: removes) the state directory's suspend file:
+// the agent goes on fetching and reporting, and applies nothing.
+func cmdSuspend(args []string, resume bool, stdout, stderr io.Writer) error {
+	name := map[bool]string{false: "suspend", true: "resume"}[resume]
+	var stateDir, reason string
+	f := newFlags(name, name+" [flags]", stderr)
+	f.String(&stateDir, "state-dir", "/var/lib/pull-agent", "the agent's state directory")
+	if !resume {
+		f.String(&reason, "reason", "", "why, shown in status and the heartbeat")
+	}
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	if resume {
+		fmt.Fprintln(stdout, "resumed: the next pass applies the current commit")
+		return agent.Resume(stateDir)
+	}
+	fmt.Fprintln(stdout, "suspended: passes fetch and report, and apply nothing until `pull-agent resume`")
+	return agent.Suspend(stateDir, reason)
 }

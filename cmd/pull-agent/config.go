@@ -56,6 +56,7 @@ type agentConfig struct {
 	probe         bool
 	helper        string
 	reportTimeout time.Duration
+	suspend       bool
 
 	// daemon (run)
 	interval   time.Duration
@@ -106,6 +107,7 @@ func (c *agentConfig) bind(f *flags) {
 	f.Duration(&c.resync, "resync", 10*time.Minute, "run: time between full passes that re-check every container even when nothing signalled drift")
 	f.String(&c.metrics, "metrics", "", "run: serve /metrics (Prometheus) and /healthz on this management address, e.g. 127.0.0.1:9477 (never the decoy LAN)")
 	f.Duration(&c.staleAfter, "stale-after", 0, "run: /healthz fails when no fetch succeeded for this long (default 3 x --interval)")
+	f.Bool(&c.suspend, "suspend", false, "fetch, verify and report, and apply nothing (as `pull-agent suspend`)")
 	f.Bool(&c.json, "json", false, "plan: print the change set as JSON")
 }
 
@@ -147,7 +149,7 @@ func (c *agentConfig) agentConfig(readOnly bool) agent.Config {
 		Host: c.host, StateDir: c.stateDir, ReadOnly: readOnly, Interface: c.iface, Gateway: gw,
 		Parallel: c.parallel, RetryBudget: c.retryBudget, AllowPull: c.allowPull, Probe: c.probe, Helper: c.helper,
 		Steady:        apply.SteadyOptions{Samples: c.steadySamples, Interval: c.steadyEvery, Timeout: c.steadyTimeout},
-		ReportTimeout: c.reportTimeout, Version: version,
+		ReportTimeout: c.reportTimeout, Version: version, Suspend: c.suspend,
 	}
 }
 

@@ -3,15 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/decnet/pull-agent/agent"
 )
 
 // Every flag of every command names its environment variable in --help.
 func TestEveryFlagHasAnEnvironmentVariable(t *testing.T) {
 	flagLine := regexp.MustCompile(`^\s+-([a-z0-9-]+)`)
-	for _, cmd := range []string{"once", "run", "plan", "validate", "master", "reap", "status"} {
+	for _, cmd := range []string{"once", "run", "plan", "validate", "master", "reap", "status", "suspend", "resume"} {
 		var out bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, &out, &out); code != 0 {
 			t.Fatalf("%s -h exited %d", cmd, code)
@@ -83,5 +87,52 @@ func TestBadConfigurationFailsCleanly(t *testing.T) {
 		if !strings.Contains(out.String(), "pull-agent:") {
 			t.Errorf("%v: no error message:\n%s", args, out.String())
 		}
+	}
+}
+
+// One exit-code table: usage errors (an unknown flag too) are 64, distinct
+// from plan's "changes" (2); plan takes every flag once and run take.
+func TestExitCodesAndSharedFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{args: []string{"once", "--no-such-flag"}, want: exitUsage},
+		{args: []string{"plan", "--no-such-flag"}, want: exitUsage},
+		{args: []string{"nosuchcommand"}, want: exitUsage},
+		{args: []string{"once", "--repo", "/x", "--host", "w", "--parallel", "0"}, want: exitUsage},
+		// reporting and daemon flags are accepted by plan (and ignored)
+		{args: []string{"plan", "--repo", "/nonexistent", "--host", "w", "--state-dir", dir, "--master", "https://m:8770",
+			"--master-insecure", "--interval", "5m", "--metrics", "127.0.0.1:0", "--report-timeout", "1s"}, want: exitNoStart},
+	} {
+		var out bytes.Buffer
+		if code := run(context.Background(), tc.args, &out, &out); code != tc.want {
+			t.Errorf("%v: exit %d, want %d:\n%s", tc.args, code, tc.want, out.String())
+		}
+	}
+	if exitUsage == exitChanges {
+		t.Fatal("usage errors and plan's changes share an exit code")
+	}
+}
+
+func TestSuspendAndResumeCommands(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"suspend", "--state-dir", dir, "--reason", "maintenance"}, &out, &out); code != 0 {
+		t.Fatalf("suspend: %d %s", code, out.String())
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, agent.SuspendFile)); err != nil || !strings.Contains(string(b), "maintenance") {
+		t.Fatalf("suspend file: %q %v", b, err)
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"status", "--state-dir", dir, "--host", "w"}, &out, &out); code != 0 || !strings.Contains(out.String(), "suspended:       yes") {
+		t.Fatalf("status while suspended: %d\n%s", code, out.String())
+	}
+	if code := run(context.Background(), []string{"resume", "--state-dir", dir}, &out, &out); code != 0 {
+		t.Fatalf("resume: %d", code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, agent.SuspendFile)); !os.IsNotExist(err) {
+		t.Fatalf("suspend file after resume: %v", err)
 	}
 }

@@ -61,7 +61,8 @@ commands:
   validate   check a fleet repository directory (for the fleet repo's CI)
   master     run the reference master that records reports
   status     print what the agent last did (state directory only)
-  reap       remove every container and network this agent owns
+  reap       remove every container and network this agent owns (or --decky)
+  suspend    keep fetching and reporting, apply nothing (resume: apply again)
   version    print the version
 
 Run 'pull-agent <command> -h' for the flags of a command.
@@ -90,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdReap(ctx, rest, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, rest, stdout, stderr)
+	case "suspend", "resume":
+		err = cmdSuspend(rest, cmd == "resume", stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "pull-agent", version)
 		return exitOK
