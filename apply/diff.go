@@ -28,6 +28,15 @@ type DiffInput struct {
 	// LAN check): it is checked again (Verify) instead of being taken as
 	// unchanged, until it passes or is quarantined. nil means never.
 	Unverified func(decky, hash string) bool
+	// Drifted reports whether the identity check ([CheckIdentity]) found
+	// a running decky seen wrongly from the LAN (no ARP answer, another
+	// MAC, a port that stopped answering) and repairable: the whole decky
+	// is recreated, base included (the MAC and address live in the base,
+	// the services share its namespace): Action repair. It only turns a
+	// decky whose containers are exactly as desired (unchanged) into a
+	// repair; any other entry touches the decky already, and the next
+	// identity check looks again. nil means never.
+	Drifted func(decky string) bool
 }
 
 // Diff computes the change set (pure). Deckies whose desired state cannot
@@ -124,10 +133,23 @@ func diffDecky(in DiffInput, d *DeckySpec, observed []engine.Container, foreign 
 		}
 	}
 	sort.Strings(e.Drop)
+	asDesired := !e.RecreateBase && len(e.Services) == 0 && len(e.Drop) == 0 && len(e.Start) == 0
+	// Containers exactly as desired, yet seen wrongly from the LAN: the
+	// MAC and address live in the base, the services share its namespace,
+	// so the whole decky is recreated from its rendering.
+	drifted := asDesired && in.Drifted != nil && in.Drifted(d.Name)
+	if drifted {
+		e.RecreateBase = true
+		for _, s := range d.Services {
+			e.Services = append(e.Services, s.Service)
+		}
+	}
 
 	applied := in.Applied[d.Name]
 	switch {
-	case !e.RecreateBase && len(e.Services) == 0 && len(e.Drop) == 0 && len(e.Start) == 0:
+	case drifted:
+		e.Action, e.Operation = Repair, OpRepair
+	case asDesired:
 		e.Action = Unchanged
 		if in.Unverified != nil && applied != d.Hash && in.Unverified(d.Name, d.Hash) {
 			// Running as desired, but never verified: a decoy that did not

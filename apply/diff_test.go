@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +185,41 @@ func TestApplyVerifyOnlyChecks(t *testing.T) {
 	}
 	if len(chk.calls) == 0 {
 		t.Error("the LAN check did not run")
+	}
+}
+
+// TestDiffRepairsDrift: a decky whose containers are exactly as desired
+// but that the identity check found drifted on the LAN is repaired as a
+// whole (base and every service recreated: the MAC and address live in
+// the base); a decky changing anyway, a quarantined one and the others
+// are left to their own entry.
+func TestDiffRepairsDrift(t *testing.T) {
+	specs := renderFleet(t, fleetYAML, hostYAML, tree1, nil, testNet)
+	d1, d2 := specs["d1"], specs["d2"]
+	drifted := func(names ...string) func(string) bool {
+		return func(d string) bool { return slices.Contains(names, d) }
+	}
+	tests := []struct {
+		name     string
+		observed []engine.Container
+		drifted  func(string) bool
+		quar     func(string, string) bool
+		want     string
+	}{
+		{"drifted while as desired: repair, whole decky", observe(d1, d2), drifted("d1"), nil,
+			"d1:repair/repair base svc=http,ssh; d2:unchanged"},
+		{"no hook: unchanged", observe(d1, d2), nil, nil, "d1:unchanged; d2:unchanged"},
+		{"not yet created: a create, not a repair", observe(d2), drifted("d1"), nil,
+			"d1:create/deploy base svc=http,ssh; d2:unchanged"},
+		{"quarantined stays quarantined", observe(d1, d2), drifted("d1"), func(d, _ string) bool { return d == "d1" },
+			"d1:quarantined; d2:unchanged"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cs := Diff(DiffInput{Owner: "w", Project: "decnet", Desired: []*DeckySpec{d1, d2}, Observed: tt.observed, Drifted: tt.drifted, Quarantined: tt.quar})
+			if got := summary(cs); got != tt.want {
+				t.Errorf("\n got: %s\nwant: %s", got, tt.want)
+			}
+		})
 	}
 }

@@ -59,6 +59,15 @@
 // listed, never probed. A port that does not answer within the deadline
 // fails the decky with an error naming the service and the port (22/tcp).
 //
+// [CheckIdentity] looks at running deckies the same way on every resync:
+// each address must answer ARP (asked through a [Resolver] from the host
+// helper link) with exactly the decky's derived MAC, then its declared
+// TCP ports must accept a connection. A [Drift] the decky itself can put
+// right (no ARP answer, another MAC, a closed port) is repaired by
+// recreating the whole decky ([DiffInput].Drifted turns unchanged into
+// repair); a second machine answering for the address is reported only,
+// never fought over.
+//
 // # Boundaries
 //
 // apply does not fetch git, parse YAML, detect networks or send reports.
