@@ -149,7 +149,8 @@ var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!d
 <h1>{{.Host.Host}}</h1>
 <dl id="host">
 <dt>freshness</dt><dd class="{{if .Host.Stale}}stale{{else}}fresh{{end}}">{{if .Host.Stale}}stale{{else}}fresh{{end}} (last heartbeat {{ago .Host.AgeSeconds}} ago)</dd>
-<dt>commit</dt><dd>{{.Host.Commit}}</dd>
+<dt>commit</dt><dd>{{.Host.Commit}}{{if .Host.Suspended}} <strong>(suspended: applies nothing)</strong>{{end}}</dd>
+<dt>signed by</dt><dd>{{.Host.Verified}}</dd>
 <dt>agent</dt><dd>{{.Host.AgentVersion}}</dd>
 <dt>outbox</dt><dd>{{.Host.OutboxDepth}} queued, {{.Host.OutboxRejected}} set aside</dd>
 <dt>events</dt><dd>{{.Host.Events}} recorded, {{.Host.MissingSeqs}} missing seqs, {{.Host.SeqConflicts}} seq conflicts</dd>

@@ -91,6 +91,7 @@ type BehindHost struct {
 	Host      string `json:"host"`
 	Commit    string `json:"commit"`
 	PassError string `json:"pass_error,omitempty"`
+	Suspended bool   `json:"suspended,omitempty"`
 }
 
 // MaxRollouts bounds the commits a rollout view lists.
@@ -154,16 +155,18 @@ FROM hosts h`), cut, r.Commit, cut, r.Commit, cut, r.Commit, cut).Scan(&r.Applie
 		}
 		r.P50Seconds, r.P95Seconds = quantile(delays, 0.50), quantile(delays, 0.95)
 		r.Progress = progress(firsts[i], delays, 24)
-		brows, err := s.r.QueryContext(ctx, s.q(`SELECT host, commit_sha, pass_error FROM hosts WHERE commit_sha <> ? AND last_heartbeat_ns >= ? ORDER BY host LIMIT 20`), r.Commit, cut)
+		brows, err := s.r.QueryContext(ctx, s.q(`SELECT host, commit_sha, pass_error, suspended FROM hosts WHERE commit_sha <> ? AND last_heartbeat_ns >= ? ORDER BY host LIMIT 20`), r.Commit, cut)
 		if err != nil {
 			return nil, err
 		}
 		for brows.Next() {
 			var b BehindHost
-			if err := brows.Scan(&b.Host, &b.Commit, &b.PassError); err != nil {
+			var suspended int
+			if err := brows.Scan(&b.Host, &b.Commit, &b.PassError, &suspended); err != nil {
 				brows.Close()
 				return nil, err
 			}
+			b.Suspended = suspended == 1
 			r.BehindHosts = append(r.BehindHosts, b)
 		}
 		brows.Close()

@@ -24,6 +24,7 @@ const (
 	MaxAgentVersion   = 64
 	MaxRemote         = 2048
 	MaxPassError      = 16 << 10
+	MaxVerified       = 512  // who signed the applied commit
 	MaxDeckies        = 4096 // status.deckies entries, and status.runtime entries
 	MaxServices       = 64   // services of one decky
 	MaxShortField     = 255  // ip, mac, hostname, archetype, nmap_os, distro, states, service names
@@ -156,6 +157,7 @@ func checkHeartbeat(h *report.Heartbeat) error {
 		{"commit", h.Commit, MaxCommit},
 		{"remote", h.Remote, MaxRemote},
 		{"pass_error", h.PassError, MaxPassError},
+		{"verified", h.Verified, MaxVerified},
 	}
 	if h.OutboxDepth < 0 || h.OutboxDepth > MaxOutboxCounters || h.OutboxRejects < 0 || h.OutboxRejects > MaxOutboxCounters {
 		return fmt.Errorf("outbox_depth %d / outbox_rejected %d: out of range 0..%d", h.OutboxDepth, h.OutboxRejects, MaxOutboxCounters)

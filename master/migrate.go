@@ -287,6 +287,12 @@ CREATE INDEX hosts_commit ON hosts(commit_sha);
 CREATE INDEX deckies_state ON deckies(state, host);
 ALTER TABLE deckies ADD COLUMN mac TEXT NOT NULL DEFAULT ''`,
 	},
+	{
+		version:  4,
+		what:     "hosts.verified (who signed the applied commit) and hosts.suspended",
+		sqlite:   "ALTER TABLE hosts ADD COLUMN verified TEXT NOT NULL DEFAULT '';\nALTER TABLE hosts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
+		postgres: "ALTER TABLE hosts ADD COLUMN verified TEXT NOT NULL DEFAULT '';\nALTER TABLE hosts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
+	},
 }
 
 // migrate brings the schema to SchemaVersion, one transaction per step.

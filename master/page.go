@@ -28,7 +28,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(consoleFuncs).Parse(`<!d
 <h2>Rollouts</h2>
 <table id="rollouts"><tr><th>commit</th><th>first seen</th><th>applied</th><th>failed</th><th>behind</th><th>stale</th><th>time to apply p50 / p95</th><th>progress</th><th>behind, and why</th></tr>
 {{range .Rollouts}}<tr><td>{{short .Commit}}</td><td>{{.FirstSeen}}</td><td class="applied">{{.Applied}}</td><td class="failed-count">{{.Failed}}</td><td class="behind">{{.Behind}}</td><td class="stale-count">{{.Stale}}</td><td>{{secs .P50Seconds}} / {{secs .P95Seconds}}</td>
-<td>{{chart .Progress $.Total}}</td><td>{{range .BehindHosts}}<a href="/hosts/{{esc .Host}}">{{.Host}}</a> on {{short .Commit}}{{with .PassError}}: {{.}}{{end}}<br>{{end}}</td></tr>
+<td>{{chart .Progress $.Total}}</td><td>{{range .BehindHosts}}<a href="/hosts/{{esc .Host}}">{{.Host}}</a> on {{short .Commit}}{{if .Suspended}} (suspended){{end}}{{with .PassError}}: {{.}}{{end}}<br>{{end}}</td></tr>
 {{else}}<tr><td colspan="9">no commit reported yet</td></tr>{{end}}
 </table>
 <h2>Hosts</h2>

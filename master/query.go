@@ -44,8 +44,10 @@ type HostRow struct {
 	Identity       string    `json:"identity,omitempty"`
 	Events         int       `json:"events"` // lifecycle events ever recorded (retention does not lower it)
 	MaxSeq         int64     `json:"max_seq"`
-	MissingSeqs    int64     `json:"missing_seqs"`  // gaps in the host's sequence
-	SeqConflicts   int64     `json:"seq_conflicts"` // seqs reused with another event_id
+	MissingSeqs    int64     `json:"missing_seqs"`       // gaps in the host's sequence
+	SeqConflicts   int64     `json:"seq_conflicts"`      // seqs reused with another event_id
+	Verified       string    `json:"verified,omitempty"` // who signed the applied commit, or "none"
+	Suspended      bool      `json:"suspended"`          // the agent deliberately applies nothing
 }
 
 // HostQuery pages through hosts by name.
@@ -100,7 +102,7 @@ func (s *Store) Host(ctx context.Context, now time.Time, staleAfter time.Duratio
 func (s *Store) queryHosts(ctx context.Context, now time.Time, staleAfter time.Duration, where string, args ...any) ([]HostRow, error) {
 	res, err := s.r.QueryContext(ctx, s.q(`
 SELECT host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns,
-	pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts
+	pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts, verified, suspended
 FROM hosts `+where), args...)
 	if err != nil {
 		return nil, err
@@ -110,10 +112,12 @@ FROM hosts `+where), args...)
 	for res.Next() {
 		var r HostRow
 		var last, fetch, apply int64
+		var suspended int
 		if err := res.Scan(&r.Host, &r.HostUUID, &r.AgentVersion, &r.Commit, &r.Remote, &last, &fetch, &apply,
-			&r.PassError, &r.OutboxDepth, &r.OutboxRejected, &r.Identity, &r.Events, &r.MaxSeq, &r.SeqConflicts); err != nil {
+			&r.PassError, &r.OutboxDepth, &r.OutboxRejected, &r.Identity, &r.Events, &r.MaxSeq, &r.SeqConflicts, &r.Verified, &suspended); err != nil {
 			return nil, err
 		}
+		r.Suspended = suspended == 1
 		r.LastHeartbeat = time.Unix(0, last).UTC()
 		r.LastFetchOK, r.LastApply = fromNS(fetch), fromNS(apply)
 		r.AgeSeconds = now.Sub(r.LastHeartbeat).Seconds()

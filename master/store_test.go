@@ -440,3 +440,28 @@ func TestStoreSummaryAndRollout(t *testing.T) {
 		}
 	})
 }
+
+// Who signed the applied commit and whether the agent is suspended are
+// kept, and a suspended worker behind the newest commit says so.
+func TestStoreVerifiedAndSuspended(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		a, b := body("worker-a"), body("worker-b")
+		a.Commit, a.Verified = strings.Repeat("c", 40), "SHA256:ops-signing-key"
+		b.Commit, b.Suspended, b.PassError = strings.Repeat("d", 40), true, "suspended by an operator"
+		if _, err := st.Record(ctx, &b, "", time.Now().Add(-time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		record(t, st, a)
+		h, ok, err := st.Host(ctx, time.Now(), time.Hour, "worker-a")
+		if err != nil || !ok || h.Verified != "SHA256:ops-signing-key" || h.Suspended {
+			t.Fatalf("worker-a: %+v %v", h, err)
+		}
+		ro, err := st.Rollouts(ctx, time.Now(), time.Hour, 1)
+		if err != nil || len(ro) != 1 || ro[0].Commit != a.Commit || len(ro[0].BehindHosts) != 1 ||
+			!ro[0].BehindHosts[0].Suspended || ro[0].BehindHosts[0].PassError != "suspended by an operator" {
+			t.Fatalf("rollout: %+v %v", ro, err)
+		}
+	})
+}
