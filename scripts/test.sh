@@ -14,3 +14,13 @@ scripts/setup.sh
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 go vet ./...
 go test -count=1 -timeout 30m "$@" ./...
+# The layering rules of docs/architecture.md, and proof that they bite.
+scripts/layering.sh
+scripts/layering.sh --self-test
+# The pass, the daemon loop and /healthz under the race detector (the
+# agent package with its fakes, and the daemon tests on the real Engine).
+# Skipped when the caller narrowed the run with arguments.
+if [ $# -eq 0 ]; then
+  go test -race -count=1 -timeout 20m ./agent
+  go test -race -count=1 -timeout 20m -run '^(TestNoOpPassAndDriftWatch|TestEndToEndRunDaemon)$' ./cmd/pull-agent
+fi

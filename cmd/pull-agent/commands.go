@@ -18,6 +18,7 @@ import (
 	"github.com/decnet/pull-agent/hostnet"
 	"github.com/decnet/pull-agent/internal/state"
 	"github.com/decnet/pull-agent/report"
+	fleetsync "github.com/decnet/pull-agent/sync"
 )
 
 func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -118,15 +119,15 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		return exitCode(err, stderr)
 	}
 	// Flags may follow the directory too: parse what is left once more.
-	dirs := f.fs.Args()
+	dirs := f.FS.Args()
 	if len(dirs) > 1 {
 		if err := f.Parse(dirs[1:]); err != nil {
 			return exitCode(err, stderr)
 		}
-		dirs = append(dirs[:1], f.fs.Args()...)
+		dirs = append(dirs[:1], f.FS.Args()...)
 	}
 	if len(dirs) != 1 {
-		f.fs.Usage()
+		f.FS.Usage()
 		return exitUsage
 	}
 	dir := dirs[0]
@@ -253,4 +254,18 @@ func cmdSuspend(args []string, resume bool, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout, "suspended: passes fetch and report, and apply nothing until `pull-agent resume`")
 	return agent.Suspend(stateDir, reason)
+}
+
+// cmdConfig is `config show`: the configuration once, run and plan would
+// use, as a config file with each value's source; URL credentials are
+// redacted (secrets themselves are never flags).
+func cmdConfig(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "show" {
+		return usageErr("usage: pull-agent config show [flags]")
+	}
+	_, f, err := parseAgentFlagSet("config show", args[1:], stderr)
+	if err != nil {
+		return err
+	}
+	return f.Show(stdout, fleetsync.Redact, "config", "json")
 }

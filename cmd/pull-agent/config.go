@@ -12,6 +12,7 @@ import (
 	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
+	"github.com/decnet/pull-agent/internal/cliconf"
 	fleetsync "github.com/decnet/pull-agent/sync"
 )
 
@@ -19,7 +20,8 @@ import (
 // flag set, so one environment (or config file) serves every command; a
 // command ignores the flags it has no use for (plan reports nothing).
 type agentConfig struct {
-	log logOptions
+	log    logOptions
+	config string
 
 	repos         []string
 	ref           string
@@ -69,6 +71,7 @@ type agentConfig struct {
 
 func (c *agentConfig) bind(f *flags) {
 	c.log.bind(f)
+	f.String(&c.config, "config", defaultConfig, "YAML file of flag-name keys (read when present; flag > env > file)")
 	f.List(&c.repos, "repo", "fleet repository URL: https://, file:// or a path to a bare mirror; tried in order")
 	f.String(&c.ref, "ref", "main", "branch (or full ref such as refs/tags/v3) to follow")
 	f.String(&c.pin, "pin", "", "apply exactly this commit (40-hex hash), which must be in --ref's history")
@@ -192,16 +195,26 @@ func (c *agentConfig) repoCABundle() ([]byte, error) {
 	return b, nil
 }
 
-// parseAgentFlags parses the flags of once, run or plan.
+// parseAgentFlags parses the flags of once, run, plan and config show:
+// flag > environment > config file > default.
 func parseAgentFlags(name string, args []string, stderr io.Writer) (*agentConfig, error) {
+	c, _, err := parseAgentFlagSet(name, args, stderr)
+	return c, err
+}
+
+func parseAgentFlagSet(name string, args []string, stderr io.Writer) (*agentConfig, *flags, error) {
+	file, err := configFile(args)
+	if err != nil {
+		return nil, nil, err
+	}
 	c := &agentConfig{}
-	f := newFlags(name, name+" [flags]", stderr)
+	f := cliconf.New(name, name+" [flags]", stderr, file)
 	c.bind(f)
 	if err := f.Parse(args); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if f.fs.NArg() > 0 {
-		return nil, usageErr("%s takes no arguments, got %q", name, f.fs.Args())
+	if f.FS.NArg() > 0 {
+		return nil, nil, usageErr("%s takes no arguments, got %q", name, f.FS.Args())
 	}
-	return c, c.validate()
+	return c, f, c.validate()
 }

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/decnet/pull-agent/internal/cliconf"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -62,6 +64,7 @@ commands:
   master     run the reference master that records reports
   status     print what the agent last did (state directory only)
   reap       remove every container and network this agent owns (or --decky)
+  config     config show: the effective configuration (flag > env > file), secrets redacted
   suspend    keep fetching and reporting, apply nothing (resume: apply again)
   version    print the version
 
@@ -91,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdReap(ctx, rest, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, rest, stdout, stderr)
+	case "config":
+		err = cmdConfig(rest, stdout, stderr)
 	case "suspend", "resume":
 		err = cmdSuspend(rest, cmd == "resume", stdout, stderr)
 	case "version", "--version":
@@ -113,7 +118,7 @@ func exitCode(err error, stderr io.Writer) int {
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.As(err, new(*cliconf.UsageError)):
 		fmt.Fprintln(stderr, "pull-agent:", err)
 		return exitUsage
 	case errors.Is(err, context.Canceled):
