@@ -60,8 +60,8 @@ for s in "${scenarios[@]}"; do
   else
     fail=1
     tail -40 "$log" | sed 's/^/   /'
-    echo "FAIL $s ($(($(date +%s) - start)) s); whole log: kept in ${log/$work//tmp/pull-agent-faults-$s.log}"
     cp "$log" "/tmp/pull-agent-faults-$s.log"
+    echo "FAIL $s ($(($(date +%s) - start)) s); whole log: /tmp/pull-agent-faults-$s.log"
   fi
 done
 exit $fail
