@@ -76,7 +76,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	m := agent.NewMetrics(version)
 	if cfg.metrics != "" {
 		var decoy []netip.Addr
-		if lan, err := w.det.Detect(ctx, hostnet.Options{Interface: cfg.iface}); err == nil {
+		if lan, err := w.Detector.Detect(ctx, hostnet.Options{Interface: cfg.iface}); err == nil {
 			decoy = lan.HostAddrs
 		}
 		stop, err := agent.ServeMetrics(cfg.metrics, decoy, m, w.HealthHandler(cfg.staleAfter), w.log)

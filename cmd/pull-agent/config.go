@@ -1,19 +1,15 @@
 package main
 
 import (
-	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/internal/cliconf"
-	fleetsync "github.com/decnet/pull-agent/sync"
 )
 
 // agentConfig holds the flags of once, run and plan. The three share one
@@ -154,45 +150,6 @@ func (c *agentConfig) agentConfig(readOnly bool) agent.Config {
 		Steady:        apply.SteadyOptions{Samples: c.steadySamples, Interval: c.steadyEvery, Timeout: c.steadyTimeout},
 		ReportTimeout: c.reportTimeout, Version: version, Suspend: c.suspend,
 	}
-}
-
-// repoSecretEnv holds the fleet remote's token or password. It is an
-// environment variable only, not a flag: secrets never go on the command
-// line, where any user can read them.
-const repoSecretEnv = "PULL_AGENT_REPO_TOKEN"
-
-// credentials reads the fleet remote's secrets from files or the
-// environment.
-func (c *agentConfig) credentials() (fleetsync.Credentials, error) {
-	cr := fleetsync.Credentials{Username: c.repoUser, SSHKeyFile: c.sshKey, SSHKnownHostsFile: c.knownHosts}
-	if c.repoTokenFile != "" {
-		b, err := os.ReadFile(c.repoTokenFile)
-		if err != nil {
-			return cr, fmt.Errorf("--repo-token-file: %w", err)
-		}
-		cr.Password = strings.TrimSpace(string(b))
-	} else if v := os.Getenv(repoSecretEnv); v != "" {
-		cr.Password = v
-	}
-	if c.sshPassFile != "" {
-		b, err := os.ReadFile(c.sshPassFile)
-		if err != nil {
-			return cr, fmt.Errorf("--repo-ssh-passphrase-file: %w", err)
-		}
-		cr.SSHPassphrase = strings.TrimRight(string(b), "\r\n")
-	}
-	return cr, nil
-}
-
-func (c *agentConfig) repoCABundle() ([]byte, error) {
-	if c.repoCA == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(c.repoCA)
-	if err != nil {
-		return nil, fmt.Errorf("--repo-ca: %w", err)
-	}
-	return b, nil
 }
 
 // parseAgentFlags parses the flags of once, run, plan and config show:
