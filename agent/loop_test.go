@@ -2,9 +2,14 @@ package agent_test
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,5 +146,82 @@ func TestHealthIsSafeDuringPasses(t *testing.T) {
 	w.a.HealthHandler(time.Hour).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	if rec.Code != http.StatusOK {
 		t.Fatalf("/healthz = %d %s", rec.Code, rec.Body)
+	}
+}
+
+func sign(secret, body string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(body))
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// The webhook refuses a bad signature, and 100 good triggers during a pass
+// give exactly one more pass.
+func TestWebhookTriggersCoalesce(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh")
+	triggers := make(chan struct{}, 1)
+	srv := httptest.NewServer(agent.TriggerHandler([]byte("s3cret"), triggers, slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+	post := func(sig string) int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{"ref":"refs/heads/main"}`))
+		if sig != "" {
+			req.Header.Set("X-Hub-Signature-256", sig)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, bad := range []string{"", "sha256=00", sign("wrong", `{"ref":"refs/heads/main"}`)} {
+		if code := post(bad); code != http.StatusUnauthorized {
+			t.Fatalf("signature %q: %d, want 401", bad, code)
+		}
+	}
+	if len(triggers) != 0 {
+		t.Fatal("a refused webhook queued a trigger")
+	}
+	release := make(chan struct{})
+	var ups atomic.Int32
+	w.eng.UpFn = func(ctx context.Context, p *types.Project, services, recreate []string) error {
+		if ups.Add(1) == 1 {
+			<-release // the first pass is busy applying while the burst comes
+		}
+		return w.eng.UpDefault(ctx, p, services, recreate)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var passes atomic.Int32
+	second := make(chan int, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- w.a.Run(ctx, agent.LoopOptions{Interval: time.Hour, Resync: time.Hour, Triggers: triggers,
+			After: func(time.Duration) <-chan time.Time { return nil },
+			OnPass: func(*agent.Result, error, time.Duration) {
+				if passes.Add(1) == 2 {
+					second <- len(triggers) // anything still pending would be a third pass
+					cancel()
+				}
+			}})
+	}()
+	for range 100 {
+		if code := post(sign("s3cret", `{"ref":"refs/heads/main"}`)); code != http.StatusAccepted {
+			t.Fatalf("signed trigger: %d", code)
+		}
+	}
+	close(release)
+	select {
+	case pending := <-second:
+		if pending != 0 {
+			t.Fatalf("%d triggers still pending after the second pass", pending)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("100 triggers during a pass gave no second pass")
+	}
+	<-done
+	if n := passes.Load(); n != 2 {
+		t.Fatalf("%d passes, want 2", n)
 	}
 }

@@ -143,6 +143,20 @@ func CheckListen(addr string, decoy []netip.Addr) error {
 // an address on the decoy LAN: nothing of the agent's may be visible to
 // whoever probes the deckies.
 func ServeMetrics(addr string, decoy []netip.Addr, m *Metrics, h http.Handler, log *slog.Logger) (func(), error) {
+	return Serve(addr, decoy, MetricsHandler(m, h), log)
+}
+
+// MetricsHandler serves /metrics and /healthz (h).
+func MetricsHandler(m *Metrics, h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /healthz", h)
+	return mux
+}
+
+// Serve listens on a management address (CheckListen) until the returned
+// stop function is called, which waits at most 5s for requests in flight.
+func Serve(addr string, decoy []netip.Addr, h http.Handler, log *slog.Logger) (func(), error) {
 	if err := CheckListen(addr, decoy); err != nil {
 		return nil, err
 	}
@@ -150,16 +164,13 @@ func ServeMetrics(addr string, decoy []netip.Addr, m *Metrics, h http.Handler, l
 	if err != nil {
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.Handle("GET /healthz", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics listener stopped", "err", err)
+			log.Error("listener stopped", "addr", addr, "err", err)
 		}
 	}()
-	log.Info("metrics and health on " + ln.Addr().String())
+	log.Info("listening on " + ln.Addr().String())
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

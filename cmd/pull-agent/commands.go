@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -74,14 +76,26 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer w.close()
 	cfg := w.cfg
 	m := agent.NewMetrics(version)
-	if cfg.metrics != "" {
-		var decoy []netip.Addr
-		if lan, err := w.Detector.Detect(ctx, hostnet.Options{Interface: cfg.iface}); err == nil {
-			decoy = lan.HostAddrs
+	var decoy []netip.Addr // never listen on the decoy LAN
+	if lan, err := w.Detector.Detect(ctx, hostnet.Options{Interface: cfg.iface}); err == nil {
+		decoy = lan.HostAddrs
+	}
+	triggers := make(chan struct{}, 1) // SIGHUP and the webhook; bursts coalesce
+	serve := map[string]http.Handler{cfg.metrics: agent.MetricsHandler(m, w.HealthHandler(cfg.staleAfter))}
+	if cfg.triggerListen != "" {
+		secret, err := os.ReadFile(cfg.triggerSecret)
+		if secret = bytes.TrimSpace(secret); err != nil || len(secret) == 0 {
+			return usageErr("--trigger-listen needs --trigger-secret-file holding the webhook's HMAC secret (%v)", err)
 		}
-		stop, err := agent.ServeMetrics(cfg.metrics, decoy, m, w.HealthHandler(cfg.staleAfter), w.log)
+		serve[cfg.triggerListen] = agent.TriggerHandler(secret, triggers, w.log)
+	}
+	for addr, h := range serve {
+		if addr == "" {
+			continue
+		}
+		stop, err := agent.Serve(addr, decoy, h, w.log)
 		if errors.Is(err, agent.ErrListenAddress) {
-			return usageErr("--metrics: %v", err)
+			return usageErr("%v", err)
 		} else if err != nil {
 			return err
 		}
@@ -90,12 +104,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	triggers := make(chan struct{}, 1)
 	go func() {
 		for range hup {
 			select {
 			case triggers <- struct{}{}:
-			default: // one is pending: bursts coalesce
+			default:
 			}
 		}
 	}()

@@ -57,10 +57,12 @@ type agentConfig struct {
 	suspend       bool
 
 	// daemon (run)
-	interval   time.Duration
-	resync     time.Duration
-	metrics    string
-	staleAfter time.Duration
+	interval time.Duration
+	resync   time.Duration
+	metrics  string
+	// webhook
+	triggerListen, triggerSecret string
+	staleAfter                   time.Duration
 	// plan
 	json bool
 }
@@ -106,6 +108,8 @@ func (c *agentConfig) bind(f *flags) {
 	f.Duration(&c.resync, "resync", 10*time.Minute, "run: time between full passes that re-check every container even when nothing signalled drift")
 	f.String(&c.metrics, "metrics", "", "run: serve /metrics (Prometheus) and /healthz on this management address, e.g. 127.0.0.1:9477 (never the decoy LAN)")
 	f.Duration(&c.staleAfter, "stale-after", 0, "run: /healthz fails when no fetch succeeded for this long (default 3 x --interval)")
+	f.String(&c.triggerListen, "trigger-listen", "", "run: serve the webhook that starts a pass (HMAC-SHA256 signed POST) on this management address, e.g. 127.0.0.1:9478")
+	f.String(&c.triggerSecret, "trigger-secret-file", "", "run: file holding the webhook's HMAC secret")
 	f.Bool(&c.suspend, "suspend", false, "fetch, verify and report, and apply nothing (as `pull-agent suspend`)")
 	f.Bool(&c.json, "json", false, "plan: print the change set as JSON")
 }
