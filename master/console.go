@@ -19,6 +19,7 @@ const (
 	pageHostDeckies = 300
 	pageHostEvents  = 100
 	pageDeckyEvents = 100
+	pageBehind      = 100
 )
 
 func (s *Server) routeConsole() {
@@ -26,6 +27,8 @@ func (s *Server) routeConsole() {
 	s.mux.HandleFunc("GET /api/v1/rollouts", s.reader(s.apiRollouts))
 	s.mux.HandleFunc("GET /api/v1/hosts/{host}", s.reader(s.apiHost))
 	s.mux.HandleFunc("GET /api/v1/deckies/{host}/{decky}/events", s.reader(s.apiDeckyEvents))
+	s.mux.HandleFunc("GET /api/v1/rollouts/{commit}/behind", s.reader(s.apiBehind))
+	s.mux.HandleFunc("GET /rollouts/{commit}/behind", s.reader(s.behindPage))
 	s.mux.HandleFunc("GET /hosts/{host}", s.reader(s.hostPage))
 	s.mux.HandleFunc("GET /hosts/{host}/deckies/{decky}", s.reader(s.deckyPage))
 }
@@ -41,11 +44,43 @@ func (s *Server) apiRollouts(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, nonNil(ro), err)
 }
 
+// behind loads one page of the workers behind a commit (see [Rollout]).
+func (s *Server) behind(r *http.Request, param string) ([]BehindHost, string, bool, error) {
+	return s.store.BehindPage(r.Context(), s.now(), s.opt.StaleAfter, r.PathValue("commit"), r.URL.Query().Get(param), pageBehind)
+}
+
+func (s *Server) apiBehind(w http.ResponseWriter, r *http.Request) {
+	rows, next, ok, err := s.behind(r, "after")
+	if err == nil && !ok {
+		errorf(w, http.StatusNotFound, "no report applied commit %q", r.PathValue("commit"))
+		return
+	}
+	setNext(w, r, "after", next)
+	writeJSON(w, nonNil(rows), err)
+}
+
+func (s *Server) behindPage(w http.ResponseWriter, r *http.Request) {
+	rows, next, ok, err := s.behind(r, "after")
+	if err != nil {
+		writeQueryError(w, err)
+		return
+	}
+	if !ok {
+		errorf(w, http.StatusNotFound, "no report applied commit %q", r.PathValue("commit"))
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = behindTmpl.Execute(w, map[string]any{"Commit": r.PathValue("commit"), "Rows": rows, "Next": nextLink(r, "after", next)})
+}
+
 // HostDetail is one host's page as JSON.
 type HostDetail struct {
 	Host HostRow `json:"host"`
 	// Troubled lists its deckies that are not running, first (bounded).
-	Troubled    []DeckyRow `json:"troubled"`
+	Troubled     []DeckyRow `json:"troubled"`
+	TroubledNext string     `json:"troubled_next,omitempty"`
+	// Drifted counts its deckies whose latest event is an unrepaired drift.
+	Drifted     int        `json:"drifted"`
 	Deckies     []DeckyRow `json:"deckies"`
 	DeckiesNext string     `json:"deckies_next,omitempty"`
 	Events      []EventRow `json:"events"` // newest first, filtered by decky, status, operation, since
@@ -61,7 +96,10 @@ func (s *Server) hostDetail(r *http.Request) (d HostDetail, ok bool, err error) 
 	if err != nil || !ok {
 		return d, ok, err
 	}
-	if d.Troubled, _, err = s.store.DeckiesPage(ctx, DeckyQuery{Host: host, Troubled: true, Limit: pageHostDeckies}); err != nil {
+	if d.Troubled, d.TroubledNext, err = s.store.DeckiesPage(ctx, DeckyQuery{Host: host, Troubled: true, After: q.Get("troubled"), Limit: pageHostDeckies}); err != nil {
+		return d, true, err
+	}
+	if d.Drifted, err = s.store.Drifted(ctx, host); err != nil {
 		return d, true, err
 	}
 	if d.Deckies, d.DeckiesNext, err = s.store.DeckiesPage(ctx, DeckyQuery{Host: host, After: q.Get("deckies"), Limit: pageHostDeckies}); err != nil {
@@ -115,6 +153,18 @@ var consoleFuncs = template.FuncMap{
 		return line
 	},
 	"esc": url.PathEscape,
+	// clip keeps a pass error's first line, at most 160 bytes, for a cell
+	// that lists many workers.
+	"clip": func(s string) string {
+		line, _, more := strings.Cut(s, "\n")
+		if len(line) > 160 {
+			line, more = strings.ToValidUTF8(line[:160], ""), true
+		}
+		if more {
+			line += " …"
+		}
+		return line
+	},
 	// chart draws a rollout's progress as an inline SVG polyline: no
 	// external assets, the master works air-gapped.
 	"chart": func(pts []RolloutPoint, total int) template.HTML {
@@ -155,11 +205,13 @@ var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!d
 <dt>outbox</dt><dd>{{.Host.OutboxDepth}} queued, {{.Host.OutboxRejected}} set aside</dd>
 <dt>events</dt><dd>{{.Host.Events}} recorded, {{.Host.MissingSeqs}} missing seqs, {{.Host.SeqConflicts}} seq conflicts</dd>
 <dt>last pass error</dt><dd><pre>{{.Host.PassError}}</pre></dd>
+<dt>drifted</dt><dd id="host-drifted"{{if .Drifted}} class="failed"{{end}}><span class="num">{{.Drifted}}</span> {{if .Drifted}}<a href="?operation=drift&amp;status=failed">deckies whose latest event is an unrepaired drift</a>{{else}}deckies with an unrepaired drift{{end}}</dd>
 </dl>
 {{with .Troubled}}<h2>Deckies not running</h2>
 <table id="troubled"><tr><th>decky</th><th>address</th><th>MAC</th><th>state</th><th>services</th><th>error</th></tr>
 {{range .}}<tr class="{{.State}}"><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .Decky}}">{{.Decky}}</a></td><td>{{.IP}}</td><td>{{.MAC}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
 {{end}}</table>{{end}}
+{{with .TroubledNext}}<p><a href="{{.}}">more deckies not running</a></p>{{end}}
 <h2>Deckies</h2>
 <table id="deckies"><tr><th>decky</th><th>address</th><th>MAC</th><th>state</th><th>services</th><th>error</th></tr>
 {{range .Deckies}}<tr class="{{.State}}"><td><a href="/hosts/{{esc .Host}}/deckies/{{esc .Decky}}">{{.Decky}}</a></td><td>{{.IP}}</td><td>{{.MAC}}</td><td>{{.State}}</td><td>{{.Services}}</td><td><pre>{{.Error}}</pre></td></tr>
@@ -194,6 +246,20 @@ var deckyTmpl = template.Must(template.New("decky").Funcs(consoleFuncs).Parse(`<
 </main></body></html>
 `))
 
+var behindTmpl = template.Must(template.New("behind").Funcs(consoleFuncs).Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>behind {{short .Commit}} · pull-agent master</title>` + consoleStyle + `</head><body>
+<nav><a href="/">fleet</a></nav>
+<main>
+<h1>Workers behind {{short .Commit}}</h1>
+<p>Fresh workers on an older commit (or none) that never applied <code>{{.Commit}}</code>, by name.</p>
+<table id="behind"><tr><th>host</th><th>on commit</th><th>suspended</th><th>last pass error</th></tr>
+{{range .Rows}}<tr><td><a href="/hosts/{{esc .Host}}">{{.Host}}</a></td><td>{{short .Commit}}</td><td>{{if .Suspended}}<strong>suspended</strong>{{end}}</td><td>{{if .PassError}}<details><summary>{{firstLine .PassError}}</summary><pre>{{.PassError}}</pre></details>{{end}}</td></tr>
+{{else}}<tr><td colspan="4">no worker is behind</td></tr>{{end}}
+</table>
+{{with .Next}}<p><a id="behind-next" href="{{.}}">more workers</a></p>{{end}}
+</main></body></html>
+`))
+
 // nextLink is the current URL with param set to next ("" when none).
 func nextLink(r *http.Request, param, next string) string {
 	if next == "" {
@@ -217,11 +283,11 @@ func (s *Server) hostPage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = hostTmpl.Execute(w, map[string]any{
-		"Host": d.Host, "Troubled": d.Troubled, "Deckies": d.Deckies, "DeckiesNext": nextLink(r, "deckies", d.DeckiesNext),
+		"Host": d.Host, "Troubled": d.Troubled, "TroubledNext": nextLink(r, "troubled", d.TroubledNext), "Drifted": d.Drifted, "Deckies": d.Deckies, "DeckiesNext": nextLink(r, "deckies", d.DeckiesNext),
 		"Events": d.Events, "EventsNext": nextLink(r, "events", d.EventsNext),
 		"Filter":     map[string]string{"Decky": q.Get("decky"), "Status": q.Get("status"), "Operation": q.Get("operation"), "Since": q.Get("since")},
 		"Statuses":   []string{"", "succeeded", "failed", "quarantined", "running"},
-		"Operations": []string{"", "deploy", "mutate", "teardown", "repair"},
+		"Operations": []string{"", "deploy", "mutate", "teardown", "repair", "drift"},
 	})
 }
 

@@ -79,8 +79,8 @@ func TestConsolePagesAndAPI(t *testing.T) {
 		}
 	}
 	_, rollouts, _ := strings.Cut(page, `id="rollouts"`)
-	row := regexp.MustCompile(`<td>` + newC[:12] + `</td><td>[^<]*</td><td class="applied">(\d+)</td><td class="failed-count">(\d+)</td><td class="behind">(\d+)</td><td class="stale-count">(\d+)</td>`).FindStringSubmatch(rollouts)
-	if row == nil || row[1] != "150" || row[2] != "30" || row[3] != "0" || row[4] != "20" {
+	row := regexp.MustCompile(`<td>` + newC[:12] + `</td><td>[^<]*</td><td class="applied">(\d+)</td><td class="failed-count">(\d+)</td><td class="moved-on"[^>]*>(\d+)</td><td><span class="behind">(\d+)</span></td><td class="stale-count">(\d+)</td>`).FindStringSubmatch(rollouts)
+	if row == nil || row[1] != "150" || row[2] != "30" || row[3] != "0" || row[4] != "0" || row[5] != "20" {
 		t.Fatalf("rollout row: %v\n%s", row, rollouts[:min(len(rollouts), 2000)])
 	}
 	if !strings.Contains(rollouts, "<svg") {

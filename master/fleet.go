@@ -14,8 +14,11 @@ type FleetSummary struct {
 		Stale     int `json:"stale"`
 		NeverSeen int `json:"never_seen"` // agent tokens whose host never reported
 	} `json:"workers"`
-	Deckies      map[string]int `json:"deckies"` // by state: running, degraded, failed, absent, quarantined
-	NewestCommit string         `json:"newest_commit,omitempty"`
+	Deckies map[string]int `json:"deckies"` // by state: running, degraded, failed, absent, quarantined
+	// Drifted counts deckies whose latest lifecycle event is a drift the
+	// agent could not repair (operation "drift", status "failed").
+	Drifted      int    `json:"drifted"`
+	NewestCommit string `json:"newest_commit,omitempty"`
 	// Applied is how many workers report NewestCommit as applied now.
 	Applied int `json:"applied"`
 }
@@ -50,6 +53,9 @@ func (s *Store) Summary(ctx context.Context, now time.Time, staleAfter time.Dura
 	if err := rows.Err(); err != nil {
 		return f, err
 	}
+	if f.Drifted, err = s.Drifted(ctx, ""); err != nil {
+		return f, err
+	}
 	err = s.r.QueryRowContext(ctx, `SELECT commit_sha FROM host_commits ORDER BY first_ns DESC LIMIT 1`).Scan(&f.NewestCommit)
 	if err != nil && f.NewestCommit == "" {
 		return f, nil // nothing reported a commit yet
@@ -58,7 +64,40 @@ func (s *Store) Summary(ctx context.Context, now time.Time, staleAfter time.Dura
 	return f, err
 }
 
+// driftedSQL selects the latest events (by the host's seq) that are an
+// unrepaired drift, of deckies the host still reports. It starts from the
+// failed drifts (few) and looks for a later event of the same decky
+// through events_host_decky.
+const driftedSQL = `FROM events e JOIN deckies d ON d.host = e.host AND d.decky = e.decky
+WHERE e.operation = 'drift' AND e.status = 'failed'
+AND NOT EXISTS (SELECT 1 FROM events l WHERE l.host = e.host AND l.decky = e.decky AND l.seq > e.seq)`
+
+// Drifted counts the deckies, of one host or all (host ""), whose latest
+// lifecycle event is a drift that was not repaired.
+func (s *Store) Drifted(ctx context.Context, host string) (n int, err error) {
+	if host == "" {
+		err = s.r.QueryRowContext(ctx, `SELECT COUNT(*) `+driftedSQL).Scan(&n)
+	} else {
+		err = s.r.QueryRowContext(ctx, s.q(`SELECT COUNT(*) `+driftedSQL+` AND e.host = ?`), host).Scan(&n)
+	}
+	return n, err
+}
+
 // Rollout is one commit's progress across the fleet.
+//
+// Which commit is newer is decided by the order in which the fleet first
+// reported them applied (the master has no git): commit D is after commit
+// C when the first report of D applied, on any host, came after the first
+// report of C. Against that order every worker falls in exactly one of
+// Applied, Failed, MovedOn, Behind and Stale:
+//   - Stale: its last heartbeat is older than --stale-after, whatever it runs;
+//   - Applied / Failed: fresh and on the commit (Failed when a decky is
+//     failed or quarantined);
+//   - MovedOn: fresh, on another commit, and either it reported this
+//     commit applied before, or its commit is after this one: it has left
+//     this commit behind and waits for nothing;
+//   - Behind: fresh, on an older commit (or none yet), never having
+//     applied this one: it has still to get there.
 type Rollout struct {
 	Commit    string `json:"commit"`
 	FirstSeen string `json:"first_seen"` // the first report of this commit applied, any host
@@ -66,8 +105,16 @@ type Rollout struct {
 	Applied int `json:"applied"`
 	// Fresh workers on this commit with a failed or quarantined decky.
 	Failed int `json:"failed"`
-	// Fresh workers on another commit: applying, behind, or refusing it.
-	Behind int `json:"behind"`
+	// Fresh workers that left this commit for a later one (or applied it
+	// once and moved to another since): not behind.
+	MovedOn int `json:"moved_on"`
+	// Fresh workers on an older commit, or none, that never applied this
+	// one; BehindSuspended and BehindPassError count those of them whose
+	// heartbeat says why: the agent is suspended, or its last pass failed
+	// (e.g. a commit refused by the trust policy, a fetch that failed).
+	Behind          int `json:"behind"`
+	BehindSuspended int `json:"behind_suspended"`
+	BehindPassError int `json:"behind_pass_error"`
 	// Workers whose last heartbeat is older than --stale-after: nobody
 	// knows what they run.
 	Stale int `json:"stale"`
@@ -76,8 +123,11 @@ type Rollout struct {
 	P95Seconds float64 `json:"p95_seconds"`
 	// Progress: how many workers had reported it applied, over time.
 	Progress []RolloutPoint `json:"progress"`
-	// BehindHosts names up to 20 fresh workers not on it, with why.
+	// BehindHosts names the first RolloutBehindShown workers behind it (by
+	// host name), with why; BehindMore counts the others, listed by
+	// [Store.BehindPage] (GET /api/v1/rollouts/{commit}/behind).
 	BehindHosts []BehindHost `json:"behind_hosts,omitempty"`
+	BehindMore  int          `json:"behind_more,omitempty"`
 }
 
 // RolloutPoint is one step of a rollout's progress.
@@ -96,6 +146,21 @@ type BehindHost struct {
 
 // MaxRollouts bounds the commits a rollout view lists.
 const MaxRollouts = 20
+
+// RolloutBehindShown bounds the workers a rollout names inline; the rest
+// are one link away, paginated.
+const RolloutBehindShown = 10
+
+// behindSQL selects, from hosts h, the fresh workers behind a commit. Its
+// arguments are: the stale cut, the commit, the commit again, the
+// commit's first-seen time (see [Rollout] for the rule).
+const behindSQL = `h.last_heartbeat_ns >= ? AND h.commit_sha <> ? AND NOT ` + movedOnSQL
+
+// movedOnSQL is true for a host h that applied the commit (first
+// argument) before, or whose commit the fleet first reported after the
+// commit's first-seen time (second argument).
+const movedOnSQL = `(EXISTS (SELECT 1 FROM host_commits hc WHERE hc.host = h.host AND hc.commit_sha = ?)
+	OR (h.commit_sha <> '' AND NOT EXISTS (SELECT 1 FROM host_commits hc2 WHERE hc2.commit_sha = h.commit_sha AND hc2.first_ns <= ?)))`
 
 // Rollouts describes the last n commits (newest first).
 func (s *Store) Rollouts(ctx context.Context, now time.Time, staleAfter time.Duration, n int) ([]Rollout, error) {
@@ -126,12 +191,17 @@ func (s *Store) Rollouts(ctx context.Context, now time.Time, staleAfter time.Dur
 	cut := now.Add(-staleAfter).UnixNano()
 	for i := range out {
 		r := &out[i]
+		c, f := r.Commit, firsts[i]
 		err := s.r.QueryRowContext(ctx, s.q(`SELECT
 	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns >= ? AND h.commit_sha = ? AND NOT EXISTS (SELECT 1 FROM deckies d WHERE d.host = h.host AND d.state IN ('failed', 'quarantined')) THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns >= ? AND h.commit_sha = ? AND EXISTS (SELECT 1 FROM deckies d WHERE d.host = h.host AND d.state IN ('failed', 'quarantined')) THEN 1 ELSE 0 END), 0),
-	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns >= ? AND h.commit_sha <> ? THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns >= ? AND h.commit_sha <> ? AND `+movedOnSQL+` THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN `+behindSQL+` THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 1 THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.pass_error <> '' THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns < ? THEN 1 ELSE 0 END), 0)
-FROM hosts h`), cut, r.Commit, cut, r.Commit, cut, r.Commit, cut).Scan(&r.Applied, &r.Failed, &r.Behind, &r.Stale)
+FROM hosts h`), cut, c, cut, c, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut).Scan(
+			&r.Applied, &r.Failed, &r.MovedOn, &r.Behind, &r.BehindSuspended, &r.BehindPassError, &r.Stale)
 		if err != nil {
 			return nil, err
 		}
@@ -155,26 +225,59 @@ FROM hosts h`), cut, r.Commit, cut, r.Commit, cut, r.Commit, cut).Scan(&r.Applie
 		}
 		r.P50Seconds, r.P95Seconds = quantile(delays, 0.50), quantile(delays, 0.95)
 		r.Progress = progress(firsts[i], delays, 24)
-		brows, err := s.r.QueryContext(ctx, s.q(`SELECT host, commit_sha, pass_error, suspended FROM hosts WHERE commit_sha <> ? AND last_heartbeat_ns >= ? ORDER BY host LIMIT 20`), r.Commit, cut)
-		if err != nil {
+		if r.BehindHosts, _, err = s.behindPage(ctx, cut, c, f, "", RolloutBehindShown); err != nil {
 			return nil, err
 		}
-		for brows.Next() {
-			var b BehindHost
-			var suspended int
-			if err := brows.Scan(&b.Host, &b.Commit, &b.PassError, &suspended); err != nil {
-				brows.Close()
-				return nil, err
-			}
-			b.Suspended = suspended == 1
-			r.BehindHosts = append(r.BehindHosts, b)
-		}
-		brows.Close()
-		if err := brows.Err(); err != nil {
-			return nil, err
-		}
+		r.BehindMore = r.Behind - len(r.BehindHosts)
 	}
 	return out, nil
+}
+
+// BehindPage lists the fresh workers behind commit (see [Rollout]), by
+// host name, one page at a time; ok is false when no report ever applied
+// the commit.
+func (s *Store) BehindPage(ctx context.Context, now time.Time, staleAfter time.Duration, commit, after string, limit int) (rows []BehindHost, next string, ok bool, err error) {
+	var first int64
+	var n int
+	if err := s.r.QueryRowContext(ctx, s.q(`SELECT COALESCE(MIN(first_ns), 0), COUNT(*) FROM host_commits WHERE commit_sha = ?`), commit).Scan(&first, &n); err != nil || n == 0 {
+		return nil, "", false, err
+	}
+	rows, next, err = s.behindPage(ctx, now.Add(-staleAfter).UnixNano(), commit, first, after, pageSize(limit))
+	return rows, next, true, err
+}
+
+type hostCursor struct {
+	Host string `json:"h"`
+}
+
+func (s *Store) behindPage(ctx context.Context, cut int64, commit string, first int64, after string, limit int) (out []BehindHost, next string, err error) {
+	var c hostCursor
+	if err := decodeCursor(after, &c); err != nil {
+		return nil, "", err
+	}
+	rows, err := s.r.QueryContext(ctx, s.q(`SELECT h.host, h.commit_sha, h.pass_error, h.suspended FROM hosts h
+WHERE h.host > ? AND `+behindSQL+` ORDER BY h.host LIMIT ?`), c.Host, cut, commit, commit, first, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b BehindHost
+		var suspended int
+		if err := rows.Scan(&b.Host, &b.Commit, &b.PassError, &suspended); err != nil {
+			return nil, "", err
+		}
+		b.Suspended = suspended == 1
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	if len(out) > limit {
+		out = out[:limit]
+		next = encodeCursor(hostCursor{out[limit-1].Host})
+	}
+	return out, next, nil
 }
 
 // quantile of sorted-ascending xs (nearest rank); 0 when empty.

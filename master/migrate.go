@@ -293,6 +293,12 @@ ALTER TABLE deckies ADD COLUMN mac TEXT NOT NULL DEFAULT ''`,
 		sqlite:   "ALTER TABLE hosts ADD COLUMN verified TEXT NOT NULL DEFAULT '';\nALTER TABLE hosts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
 		postgres: "ALTER TABLE hosts ADD COLUMN verified TEXT NOT NULL DEFAULT '';\nALTER TABLE hosts ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
 	},
+	{
+		version:  5,
+		what:     "events_host_decky: a decky's latest event (the drifted deckies of the summary)",
+		sqlite:   "CREATE INDEX events_host_decky ON events(host, decky, seq)",
+		postgres: "CREATE INDEX events_host_decky ON events(host, decky, seq)",
+	},
 }
 
 // migrate brings the schema to SchemaVersion, one transaction per step.

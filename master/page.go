@@ -20,16 +20,17 @@ var pageTmpl = template.Must(template.New("page").Funcs(consoleFuncs).Parse(`<!d
 <main>
 <h1>pull-agent master</h1>
 <section id="summary" aria-label="fleet summary">
-<table><tr><th>workers fresh</th><th>stale</th><th>never seen</th>{{range $st, $n := .Summary.Deckies}}<th>deckies {{$st}}</th>{{end}}<th>newest commit</th><th>workers on it</th></tr>
+<table><tr><th>workers fresh</th><th>stale</th><th>never seen</th>{{range $st, $n := .Summary.Deckies}}<th>deckies {{$st}}</th>{{end}}<th>deckies drifted</th><th>newest commit</th><th>workers on it</th></tr>
 <tr><td class="num" id="sum-fresh">{{.Summary.Workers.Fresh}}</td><td class="num" id="sum-stale">{{.Summary.Workers.Stale}}</td><td class="num" id="sum-never">{{.Summary.Workers.NeverSeen}}</td>
 {{range $st, $n := .Summary.Deckies}}<td class="num" id="sum-deckies-{{$st}}">{{$n}}</td>{{end}}
+<td class="num{{if .Summary.Drifted}} failed{{end}}" id="sum-drifted" title="deckies whose latest event is a drift the agent did not repair">{{.Summary.Drifted}}</td>
 <td>{{short .Summary.NewestCommit}}</td><td class="num" id="sum-applied">{{.Summary.Applied}}</td></tr></table>
 </section>
 <h2>Rollouts</h2>
-<table id="rollouts"><tr><th>commit</th><th>first seen</th><th>applied</th><th>failed</th><th>behind</th><th>stale</th><th>time to apply p50 / p95</th><th>progress</th><th>behind, and why</th></tr>
-{{range .Rollouts}}<tr><td>{{short .Commit}}</td><td>{{.FirstSeen}}</td><td class="applied">{{.Applied}}</td><td class="failed-count">{{.Failed}}</td><td class="behind">{{.Behind}}</td><td class="stale-count">{{.Stale}}</td><td>{{secs .P50Seconds}} / {{secs .P95Seconds}}</td>
-<td>{{chart .Progress $.Total}}</td><td>{{range .BehindHosts}}<a href="/hosts/{{esc .Host}}">{{.Host}}</a> on {{short .Commit}}{{if .Suspended}} (suspended){{end}}{{with .PassError}}: {{.}}{{end}}<br>{{end}}</td></tr>
-{{else}}<tr><td colspan="9">no commit reported yet</td></tr>{{end}}
+<table id="rollouts"><tr><th>commit</th><th>first seen</th><th>applied</th><th>failed</th><th>moved on</th><th>behind</th><th>stale</th><th>time to apply p50 / p95</th><th>progress</th><th>behind, and why</th></tr>
+{{range .Rollouts}}<tr><td>{{short .Commit}}</td><td>{{.FirstSeen}}</td><td class="applied">{{.Applied}}</td><td class="failed-count">{{.Failed}}</td><td class="moved-on" title="on a later commit, or applied this one before">{{.MovedOn}}</td><td><span class="behind">{{.Behind}}</span>{{if .Behind}} <small>({{.BehindSuspended}} suspended, {{.BehindPassError}} with a pass error)</small>{{end}}</td><td class="stale-count">{{.Stale}}</td><td>{{secs .P50Seconds}} / {{secs .P95Seconds}}</td>
+<td>{{chart .Progress $.Total}}</td><td class="behind-why">{{range .BehindHosts}}<a href="/hosts/{{esc .Host}}">{{.Host}}</a> on {{short .Commit}}{{if .Suspended}} <strong>(suspended)</strong>{{end}}{{with .PassError}}: {{clip .}}{{end}}<br>{{end}}{{if .BehindMore}}<a class="behind-more" href="/rollouts/{{esc .Commit}}/behind">and {{.BehindMore}} more →</a>{{end}}</td></tr>
+{{else}}<tr><td colspan="10">no commit reported yet</td></tr>{{end}}
 </table>
 <h2>Hosts</h2>
 <table id="hosts"><tr><th>host</th><th>freshness</th><th>commit</th><th>agent</th><th>outbox</th><th>events</th><th>missing seqs</th><th>seq conflicts</th><th>pass error</th></tr>

@@ -435,7 +435,9 @@ func TestStoreSummaryAndRollout(t *testing.T) {
 		if last := r.Progress[len(r.Progress)-1]; last.Workers != 180 || r.Progress[0].Workers != 1 {
 			t.Fatalf("progress: %+v", r.Progress)
 		}
-		if old := ro[1]; old.Commit != oldC || old.Applied != 0 || old.Stale != 20 || old.Behind != 180 || len(old.BehindHosts) != 20 {
+		// The 180 fresh workers left the old commit for the new one: they
+		// moved on, none of them is behind it.
+		if old := ro[1]; old.Commit != oldC || old.Applied != 0 || old.Stale != 20 || old.MovedOn != 180 || old.Behind != 0 || len(old.BehindHosts) != 0 || old.BehindMore != 0 {
 			t.Fatalf("rollout of the old commit: %+v", old)
 		}
 	})
@@ -462,6 +464,152 @@ func TestStoreVerifiedAndSuspended(t *testing.T) {
 		if err != nil || len(ro) != 1 || ro[0].Commit != a.Commit || len(ro[0].BehindHosts) != 1 ||
 			!ro[0].BehindHosts[0].Suspended || ro[0].BehindHosts[0].PassError != "suspended by an operator" {
 			t.Fatalf("rollout: %+v %v", ro, err)
+		}
+	})
+}
+
+// A rollout's workers against the order in which the fleet first
+// reported commits: those past a commit moved on, those before it (or on
+// none) are behind, with why; only the first RolloutBehindShown are named
+// inline and BehindPage lists them all, one page at a time.
+func TestStoreRolloutOrderAndBehind(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		cA, cB, cC := strings.Repeat("a", 40), strings.Repeat("b", 40), strings.Repeat("c", 40)
+		t0 := time.Now().Add(-5 * time.Minute)
+		rec := func(host, commit string, at time.Time, mod func(*report.Body)) {
+			t.Helper()
+			b := body(host)
+			b.Commit = commit
+			if mod != nil {
+				mod(&b)
+			}
+			if _, err := st.Record(ctx, &b, "", at); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The fleet first sees A, then B, then C.
+		rec("first-a", cA, t0, nil)
+		rec("first-b", cB, t0.Add(time.Minute), nil)
+		rec("first-c", cC, t0.Add(2*time.Minute), nil)
+		// first-a stays on A; first-b and first-c as seeded.
+		rec("via-b", cB, t0.Add(3*time.Minute), nil)                                                       // B, then C: moved on from B
+		rec("via-b", cC, t0.Add(4*time.Minute), nil)                                                       //
+		rec("skipped-b", cC, t0.Add(4*time.Minute), nil)                                                   // A straight to C: past B
+		rec("suspended", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.Suspended = true })           // B, frozen: behind C
+		rec("refusing", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.PassError = "refused " + cC }) // behind C, says why
+		rec("rolled-back", cC, t0.Add(3*time.Minute), nil)                                                 // applied C, then back to A
+		rec("rolled-back", cA, t0.Add(4*time.Minute), nil)                                                 //
+		rec("nothing-yet", "", t0.Add(4*time.Minute), nil)                                                 // no commit applied: behind all
+		rec("gone", cA, t0.Add(-time.Hour), nil)                                                           // stale
+		for i := 0; i < 2*RolloutBehindShown; i++ {                                                        // many on A: behind B and C
+			rec(fmt.Sprintf("old-%02d", i), cA, t0.Add(4*time.Minute), nil)
+		}
+		ro, err := st.Rollouts(ctx, time.Now(), 10*time.Minute, 5)
+		if err != nil || len(ro) != 3 || ro[0].Commit != cC || ro[1].Commit != cB || ro[2].Commit != cA {
+			t.Fatalf("rollouts: %+v %v", ro, err)
+		}
+		type counts struct{ applied, movedOn, behind, susp, passErr, stale, shown, more int }
+		got := func(r Rollout) counts {
+			return counts{r.Applied, r.MovedOn, r.Behind, r.BehindSuspended, r.BehindPassError, r.Stale, len(r.BehindHosts), r.BehindMore}
+		}
+		many := 2 * RolloutBehindShown
+		for _, tt := range []struct {
+			r    Rollout
+			want counts
+		}{
+			// C: first-c, via-b, skipped-b applied; rolled-back moved on
+			// (applied it before); first-a, first-b, suspended, refusing,
+			// nothing-yet and the many are behind.
+			{ro[0], counts{3, 1, 5 + many, 1, 1, 1, RolloutBehindShown, 5 + many - RolloutBehindShown}},
+			// B: first-b, suspended, refusing applied; via-b, skipped-b,
+			// first-c moved on (past it); rolled-back (on A, never on B),
+			// first-a, nothing-yet and the many are behind.
+			{ro[1], counts{3, 3, 3 + many, 0, 0, 1, RolloutBehindShown, 3 + many - RolloutBehindShown}},
+			// A: everyone else moved past it, only nothing-yet is behind.
+			{ro[2], counts{2 + many, 6, 1, 0, 0, 1, 1, 0}},
+		} {
+			if g := got(tt.r); g != tt.want {
+				t.Errorf("rollout %s: %+v, want %+v", tt.r.Commit[:1], g, tt.want)
+			}
+		}
+		// Inline, by name: the first ones; those who say why, say it.
+		if b := ro[0].BehindHosts; b[0].Host != "first-a" || b[0].Commit != cA {
+			t.Errorf("behind C, first: %+v", b[0])
+		}
+		// All of them, one page at a time, each once, in order.
+		var all []BehindHost
+		after := ""
+		for pages := 0; ; pages++ {
+			rows, next, ok, err := st.BehindPage(ctx, time.Now(), 10*time.Minute, cC, after, 7)
+			if err != nil || !ok || len(rows) > 7 || pages > 10 {
+				t.Fatalf("behind page %d: %d rows, %v %v", pages, len(rows), ok, err)
+			}
+			all = append(all, rows...)
+			if after = next; next == "" {
+				break
+			}
+		}
+		why := map[string]BehindHost{}
+		for i, b := range all {
+			if i > 0 && all[i-1].Host >= b.Host {
+				t.Fatalf("not in order: %s then %s", all[i-1].Host, b.Host)
+			}
+			why[b.Host] = b
+		}
+		if len(all) != 5+many || !why["suspended"].Suspended || why["refusing"].PassError != "refused "+cC || why["nothing-yet"].Commit != "" {
+			t.Fatalf("behind C: %d workers, %+v", len(all), why)
+		}
+		for _, h := range []string{"via-b", "skipped-b", "rolled-back", "gone", "first-c"} {
+			if _, ok := why[h]; ok {
+				t.Errorf("%s listed behind C", h)
+			}
+		}
+		if _, _, ok, err := st.BehindPage(ctx, time.Now(), time.Minute, strings.Repeat("f", 40), "", 10); ok || err != nil {
+			t.Errorf("an unknown commit: ok %v, %v", ok, err)
+		}
+	})
+}
+
+// A decky whose latest event is a drift the agent did not repair counts as
+// drifted, in the fleet summary and for its host; a later repair, or a
+// decky the host no longer reports, does not.
+func TestStoreDrifted(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		e := func(host string, seq uint64, decky, op, status string) report.Event {
+			return report.Event{EventID: fmt.Sprintf("%s-%06d", host, seq), Seq: seq, DeckyName: decky, Operation: op, Status: status, CompletedAt: time.Now()}
+		}
+		runtime := map[string]report.Runtime{"d1": {State: "running"}, "d2": {State: "running"}, "d3": {State: "running"}, "d4": {State: "running"}}
+		a := body("worker-a",
+			e("worker-a", 1, "d1", "deploy", "succeeded"),
+			e("worker-a", 2, "d1", "drift", "failed"),     // drifted
+			e("worker-a", 3, "d2", "drift", "failed"),     // repaired later
+			e("worker-a", 4, "d2", "repair", "succeeded"), //
+			e("worker-a", 5, "d3", "drift", "succeeded"),  // drift repaired at once
+			e("worker-a", 6, "gone", "drift", "failed"),   // not reported any more
+			e("worker-a", 7, "d4", "drift", "failed"),     // drifted
+		)
+		a.Status.Runtime = runtime
+		b := body("worker-b", e("worker-b", 1, "d1", "drift", "failed"))
+		b.Status.Runtime = runtime
+		record(t, st, a)
+		record(t, st, b)
+		sum, err := st.Summary(ctx, time.Now(), time.Hour)
+		if err != nil || sum.Drifted != 3 {
+			t.Fatalf("summary drifted %d, want 3 (%v)", sum.Drifted, err)
+		}
+		if n, err := st.Drifted(ctx, "worker-a"); err != nil || n != 2 {
+			t.Fatalf("worker-a drifted %d, want 2 (%v)", n, err)
+		}
+		// worker-b repairs d1: no longer drifted.
+		b = body("worker-b", e("worker-b", 2, "d1", "repair", "succeeded"))
+		b.Status.Runtime = runtime
+		record(t, st, b)
+		if n, err := st.Drifted(ctx, "worker-b"); err != nil || n != 0 {
+			t.Fatalf("worker-b drifted %d after its repair (%v)", n, err)
 		}
 	})
 }
