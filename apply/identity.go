@@ -76,7 +76,10 @@ type Drift struct {
 	// address, answers with another MAC, or a port stopped answering.
 	// False when a second machine answers for the decky's address:
 	// recreating the decky would not remove it, and fighting over an
-	// address disturbs the LAN, so it is reported only.
+	// address disturbs the LAN, so it is reported only. A single other
+	// MAC is taken for the decky's own, changed by hand: if it was another
+	// machine, the recreated decky answers too, and the next check sees
+	// two MACs (reported only), so the agent never loops on it.
 	Repair bool
 }
 
