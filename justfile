@@ -26,6 +26,14 @@ e2e:
 bench benchtime="20x":
     BENCHTIME={{benchtime}} ./scripts/bench.sh
 
+# Scale figures beside same-run baselines (docs/benchmarks.md): sections start bigrepo apply noop; SCALE_DECKIES="10 50 250"
+scale *sections:
+    ./scripts/scale.sh {{sections}}
+
+# Fault scenarios on real components, full size (docs/reliability.md); FAULTS_DOCKERD=1 adds a dockerd restart
+faults:
+    ./scripts/faults.sh
+
 # Fuzz the pure packages for a while each
 fuzz time="60s":
     go test ./desired -run XXX -fuzz FuzzLoad -fuzztime {{time}}
