@@ -33,7 +33,10 @@ func (f ResolverFunc) Resolve(ctx context.Context, targets []netip.Addr) (map[ne
 type IdentityDecky struct {
 	Name string
 	IP   netip.Addr
-	MAC  string // the stable derived MAC (relocalize.MAC)
+	// MAC is the stable derived MAC (relocalize.MAC); "" checks only that
+	// one machine answers (ipvlan: every decky answers with the parent
+	// NIC's MAC).
+	MAC string
 	// Services are the services whose TCP ports are checked (check: on).
 	Services []IdentityService
 }
@@ -146,7 +149,7 @@ func arpDrift(d IdentityDecky, macs []net.HardwareAddr) (what []string, repair b
 	switch {
 	case len(macs) == 0:
 		return []string{fmt.Sprintf("address %s does not answer ARP", d.IP)}, true
-	case len(macs) == 1 && normMAC(macs[0].String()) == want:
+	case len(macs) == 1 && (want == "" || normMAC(macs[0].String()) == want):
 		return nil, true
 	case len(macs) == 1:
 		return []string{fmt.Sprintf("mac %s answers for %s, want %s", macs[0], d.IP, want)}, true
@@ -154,11 +157,15 @@ func arpDrift(d IdentityDecky, macs []net.HardwareAddr) (what []string, repair b
 	parts := make([]string, len(macs))
 	for i, m := range macs {
 		parts[i] = m.String()
-		if normMAC(m.String()) == want {
+		if want != "" && normMAC(m.String()) == want {
 			parts[i] += " (this decky's)"
 		}
 	}
-	return []string{fmt.Sprintf("%d MACs answer for %s: %s; another machine claims the address (want only %s)", len(macs), d.IP, strings.Join(parts, ", "), want)}, false
+	w := fmt.Sprintf("%d MACs answer for %s: %s; another machine claims the address", len(macs), d.IP, strings.Join(parts, ", "))
+	if want != "" {
+		w += " (want only " + want + ")"
+	}
+	return []string{w}, false
 }
 
 // portDrift dials each service's TCP ports and names those that do not

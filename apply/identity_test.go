@@ -45,6 +45,7 @@ func TestCheckIdentity(t *testing.T) {
 	d.MAC = "02:00:00:00:00:0A" // upper case: compared as a MAC, not a string
 	tests := []struct {
 		name      string
+		mac       string // "-": none to compare
 		macs      []string
 		closed    map[uint16]bool
 		noARP     bool // no Resolver: ports only
@@ -68,6 +69,10 @@ func TestCheckIdentity(t *testing.T) {
 			wantWhat:  []string{"53/tcp (dns) does not accept connections"},
 			repair:    true,
 			wantDials: []string{"198.51.100.10 22/tcp,2200/tcp", "198.51.100.10 53/tcp"}},
+		{name: "no MAC to compare (ipvlan): one answer is healthy", mac: "-", macs: []string{other},
+			wantDials: []string{"198.51.100.10 22/tcp,2200/tcp", "198.51.100.10 53/tcp"}},
+		{name: "no MAC to compare (ipvlan): two answers are still another machine", mac: "-", macs: []string{own, other},
+			wantWhat: []string{"2 MACs answer for 198.51.100.10: 02:00:00:00:00:0a, 02:00:00:00:00:bb; another machine claims the address"}},
 		{name: "wrong MAC: ports are not dialed (they might reach another machine)", macs: []string{other}, closed: map[uint16]bool{22: true},
 			wantWhat: []string{"mac 02:00:00:00:00:bb answers for 198.51.100.10, want 02:00:00:00:00:0a"}, repair: true},
 	}
@@ -75,6 +80,10 @@ func TestCheckIdentity(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			lan := &fakeLAN{macs: map[netip.Addr][]string{ip: tt.macs}}
 			chk := &recordingChecker{closed: tt.closed}
+			d := d
+			if tt.mac == "-" {
+				d.MAC = ""
+			}
 			in := IdentityInput{Deckies: []IdentityDecky{d}, Resolver: lan, Ports: chk}
 			if tt.noARP {
 				in.Resolver = nil
