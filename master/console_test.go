@@ -132,37 +132,148 @@ func TestConsolePagesAndAPI(t *testing.T) {
 	}
 }
 
-// No console page renders more than its documented rows.
+// No console page renders more than its documented rows: the tables, the
+// "behind, and why" cell of a rollout (the first RolloutBehindShown, then
+// a link to the others) and that link's page.
 func TestConsoleRowLimits(t *testing.T) {
 	st, srv := newMaster(t, open)
 	b := body("worker-a")
 	b.Status.Runtime = map[string]report.Runtime{}
 	var evs []report.Event
 	for d := 0; d < pageHostDeckies+50; d++ {
-		b.Status.Runtime[fmt.Sprintf("d%04d", d)] = report.Runtime{State: "running"}
+		b.Status.Runtime[fmt.Sprintf("d%04d", d)] = report.Runtime{State: "failed"}
 	}
 	for s := 1; s <= pageHostEvents+20; s++ {
 		evs = append(evs, hostEv("worker-a", uint64(s), "failed", time.Now().Add(time.Duration(s)*time.Second)))
 	}
 	b.Lifecycle = evs
+	b.Commit = strings.Repeat("e", 40)
 	record(t, st, b)
+	// More workers behind the newest commit than the behind page holds,
+	// on a commit the fleet saw first.
+	oldC := strings.Repeat("0", 40)
+	for i := 0; i < pageBehind+20; i++ {
+		w := body(fmt.Sprintf("worker-%03d", i))
+		w.Commit, w.PassError = oldC, "fetch: connection refused"
+		if _, err := st.Record(context.Background(), &w, "", time.Now().Add(-time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < MaxRollouts; i++ { // more commits than the page shows
+		w := body("worker-z")
+		w.Commit = fmt.Sprintf("%040d", i+1)
+		if _, err := st.Record(context.Background(), &w, "", time.Now().Add(-time.Duration(MaxRollouts-i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(t, st, b)
+	behind := pageBehind + 21 // and worker-z, on commits the fleet saw before
+	behindPath := "/rollouts/" + b.Commit + "/behind"
 	for _, tt := range []struct {
 		path, table string
 		limit       int
 	}{
+		{"/hosts/worker-a", `id="troubled"`, pageHostDeckies},
 		{"/hosts/worker-a", `id="deckies"`, pageHostDeckies},
 		{"/hosts/worker-a", `id="events"`, pageHostEvents},
 		{"/hosts/worker-a/deckies/d1", `id="events"`, pageDeckyEvents},
 		{"/", `id="failures"`, pageFailures},
 		{"/", `id="deckies"`, pageDeckies},
+		{"/", `id="hosts"`, pageHosts},
+		{"/", `id="rollouts"`, 5},
+		{behindPath, `id="behind"`, pageBehind},
 	} {
 		rr := do(t, srv, http.MethodGet, tt.path, nil, "")
 		_, rest, _ := strings.Cut(rr.Body.String(), tt.table)
 		table, _, _ := strings.Cut(rest, "</table>")
 		rows := strings.Count(table, "<tr") - 1
-		if rows > tt.limit || rows <= 0 {
-			t.Errorf("%s %s: %d rows, limit %d", tt.path, tt.table, rows, tt.limit)
+		if rr.Code != 200 || rows > tt.limit || rows <= 0 {
+			t.Errorf("%s %s: %d, %d rows, limit %d", tt.path, tt.table, rr.Code, rows, tt.limit)
 		}
+	}
+	// The newest rollout names RolloutBehindShown workers and links to
+	// the rest.
+	page := do(t, srv, http.MethodGet, "/", nil, "").Body.String()
+	_, rest, _ := strings.Cut(page, `<td class="behind-why">`)
+	cell, _, _ := strings.Cut(rest, "</td>")
+	if n := strings.Count(cell, `<a href="/hosts/`); n != RolloutBehindShown {
+		t.Errorf("the behind cell names %d workers, want %d:\n%s", n, RolloutBehindShown, cell)
+	}
+	more := fmt.Sprintf(`<a class="behind-more" href="%s">and %d more →</a>`, behindPath, behind-RolloutBehindShown)
+	if !strings.Contains(cell, more) || !strings.Contains(cell, "fetch: connection refused") {
+		t.Errorf("the behind cell does not link to the others (%s):\n%s", more, cell)
+	}
+	// The link's page, then its next page: every worker behind, once.
+	seen := map[string]bool{}
+	for path, pages := behindPath, 0; path != ""; pages++ {
+		body := do(t, srv, http.MethodGet, path, nil, "").Body.String()
+		for _, m := range regexp.MustCompile(`<td><a href="/hosts/(worker-[0-9z]+)">`).FindAllStringSubmatch(body, -1) {
+			if seen[m[1]] {
+				t.Fatalf("%s listed twice", m[1])
+			}
+			seen[m[1]] = true
+		}
+		path = ""
+		if m := regexp.MustCompile(`id="behind-next" href="([^"]+)"`).FindStringSubmatch(body); m != nil {
+			path = strings.ReplaceAll(m[1], "&amp;", "&")
+		}
+		if pages > 3 {
+			t.Fatal("the behind pages do not end")
+		}
+	}
+	if len(seen) != behind {
+		t.Errorf("behind pages list %d workers, want %d", len(seen), behind)
+	}
+	// The same as JSON, and a commit nobody applied is a 404.
+	var rows []BehindHost
+	if rr := do(t, srv, http.MethodGet, "/api/v1"+behindPath, nil, ""); json.Unmarshal(rr.Body.Bytes(), &rows) != nil || len(rows) != pageBehind || rows[0].PassError == "" {
+		t.Errorf("api behind: %d rows", len(rows))
+	}
+	if rr := do(t, srv, http.MethodGet, "/rollouts/"+strings.Repeat("9", 40)+"/behind", nil, ""); rr.Code != 404 {
+		t.Errorf("behind an unknown commit: %d", rr.Code)
+	}
+	// The troubled deckies page on.
+	host := do(t, srv, http.MethodGet, "/hosts/worker-a", nil, "").Body.String()
+	if !strings.Contains(host, "more deckies not running") {
+		t.Error("the host page does not link to its other troubled deckies")
+	}
+}
+
+// Drifted deckies show in the summary and on the host page, which links
+// to the unrepaired drifts.
+func TestConsoleDrifted(t *testing.T) {
+	st, srv := newMaster(t, open)
+	e := func(seq uint64, decky, op, status string) report.Event {
+		return report.Event{EventID: fmt.Sprintf("worker-a-%06d", seq), Seq: seq, DeckyName: decky, Operation: op, Status: status, CompletedAt: time.Now(),
+			Error: map[bool]string{true: "d1-ssh: port 22 published to 0.0.0.0, want 198.51.100.7"}[status == "failed"]}
+	}
+	a := body("worker-a", e(1, "d1", "drift", "failed"), e(2, "d2", "drift", "failed"), e(3, "d2", "repair", "succeeded"))
+	a.Status.Runtime = map[string]report.Runtime{"d1": {State: "running"}, "d2": {State: "running"}}
+	record(t, st, a)
+	record(t, st, body("worker-b"))
+	page := do(t, srv, http.MethodGet, "/", nil, "").Body.String()
+	if !regexp.MustCompile(`id="sum-drifted"[^>]*>1<`).MatchString(page) {
+		t.Errorf("summary: no drifted count of 1")
+	}
+	host := do(t, srv, http.MethodGet, "/hosts/worker-a", nil, "").Body.String()
+	if !regexp.MustCompile(`id="host-drifted" class="failed"><span class="num">1</span> <a href="\?operation=drift&amp;status=failed">`).MatchString(host) {
+		t.Errorf("host page: no drifted count of 1 with a link")
+	}
+	if h := do(t, srv, http.MethodGet, "/hosts/worker-b", nil, "").Body.String(); !strings.Contains(h, `id="host-drifted"><span class="num">0</span>`) {
+		t.Errorf("worker-b: no drifted count of 0")
+	}
+	filtered := do(t, srv, http.MethodGet, "/hosts/worker-a?operation=drift&status=failed", nil, "").Body.String()
+	_, events, _ := strings.Cut(filtered, `id="events"`)
+	if n := strings.Count(events, `<tr class="failed">`); n != 2 || !strings.Contains(events, "port 22 published") {
+		t.Errorf("drift failures in the history: %d", n)
+	}
+	var hd HostDetail
+	if rr := do(t, srv, http.MethodGet, "/api/v1/hosts/worker-a", nil, ""); json.Unmarshal(rr.Body.Bytes(), &hd) != nil || hd.Drifted != 1 {
+		t.Errorf("api host drifted: %s", rr.Body)
+	}
+	var sum FleetSummary
+	if rr := do(t, srv, http.MethodGet, "/api/v1/summary", nil, ""); json.Unmarshal(rr.Body.Bytes(), &sum) != nil || sum.Drifted != 1 {
+		t.Errorf("api summary drifted: %s", rr.Body)
 	}
 }
 
