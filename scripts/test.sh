@@ -24,3 +24,5 @@ if [ $# -eq 0 ]; then
   go test -race -count=1 -timeout 20m ./agent
   go test -race -count=1 -timeout 20m -run '^(TestNoOpPassAndDriftWatch|TestEndToEndRunDaemon)$' ./cmd/pull-agent
 fi
+# The systemd units (skipped, and said so, without systemd-analyze).
+packaging/verify.sh
