@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -14,7 +15,22 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/decnet/pull-agent/internal/testlan"
+	"github.com/decnet/pull-agent/report"
 )
+
+// fleetBody is a worker's heartbeat with n running deckies, as seedRollout
+// sends it.
+func fleetBody(host, commit string, n int) report.Body {
+	b := body(host)
+	b.Commit = commit
+	b.Status.Runtime = map[string]report.Runtime{}
+	for d := 1; d <= n; d++ {
+		name := fmt.Sprintf("d%d", d)
+		b.Status.Runtime[name] = report.Runtime{State: "running", Running: true, Services: map[string]string{"ssh": "running"}}
+		b.Status.Deckies = append(b.Status.Deckies, report.DeckyStatus{Name: name, IP: fmt.Sprintf("198.51.100.%d", d), MAC: "8a:2f:e4:22:13:5d"})
+	}
+	return b
+}
 
 // The fleet console at 200 workers × 250 deckies, in headless Chromium:
 // the summary numbers, the rollout row (150 applied, 30 failed, 20 stale),
@@ -26,7 +42,25 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 	browser, err := exec.LookPath("chromium")
 	testlan.Need(t, err == nil, "Debian's chromium (headless browser)")
 	st, h := newMaster(t, Options{StaleAfter: 10 * time.Minute, InsecureNoAuth: true})
-	seedRollout(t, st, 250)
+	_, newC := seedRollout(t, st, 250)
+	// worker-179 (one of the 30 failed) also found two deckies drifted
+	// and could not repair them; a third drift it repaired.
+	{
+		b := fleetBody("worker-179", newC, 250)
+		b.Status.Runtime["d2"] = report.Runtime{State: "failed", Error: "container d2-http: exited (1)\nbind: address already in use"}
+		at := time.Now().Add(-30 * time.Minute) // older than the d2 failures
+		drift := func(seq uint64, decky, op, status string) report.Event {
+			e := report.Event{EventID: fmt.Sprintf("worker-179-%06d", seq), Seq: seq, DeckyName: decky, Operation: op, Status: status, Commit: newC, CompletedAt: at}
+			if status == "failed" {
+				e.Error = "container " + decky + "-ssh: port 22 published on 0.0.0.0, want 198.51.100.5; repair: network decnet-lan: not found"
+			}
+			return e
+		}
+		b.Lifecycle = []report.Event{drift(2, "d5", "drift", "failed"), drift(3, "d6", "drift", "failed"), drift(4, "d7", "drift", "failed"), drift(5, "d7", "repair", "succeeded")}
+		if _, err := st.Record(context.Background(), &b, "", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	full := httptest.NewServer(h)
 	defer full.Close()
 	_, eh := newMaster(t, open)
@@ -70,13 +104,17 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 		}
 		return strings.TrimSpace(s)
 	}
-	for sel, want := range map[string]string{"#sum-fresh": "180", "#sum-stale": "20", "#sum-applied": "180", "#sum-deckies-failed": "30", "#sum-deckies-running": "49970"} {
+	for sel, want := range map[string]string{"#sum-fresh": "180", "#sum-stale": "20", "#sum-applied": "180", "#sum-deckies-failed": "30", "#sum-deckies-running": "49970", "#sum-drifted": "2"} {
 		if got := text(sel); got != want {
 			t.Errorf("summary %s = %q, want %s", sel, got, want)
 		}
 	}
 	for sel, want := range map[string]string{"#rollouts tr:nth-child(2) .applied": "150", "#rollouts tr:nth-child(2) .failed-count": "30",
-		"#rollouts tr:nth-child(2) .stale-count": "20"} {
+		"#rollouts tr:nth-child(2) .stale-count": "20", "#rollouts tr:nth-child(2) .behind": "0",
+		// The previous commit: the 180 fresh workers moved on from it,
+		// none is behind it.
+		"#rollouts tr:nth-child(3) .applied": "0", "#rollouts tr:nth-child(3) .moved-on": "180", "#rollouts tr:nth-child(3) .behind": "0",
+		"#rollouts tr:nth-child(3) .behind-why": "", "#rollouts tr:nth-child(3) .stale-count": "20"} {
 		if got := text(sel); got != want {
 			t.Errorf("rollout %s = %q, want %s", sel, got, want)
 		}
@@ -104,7 +142,7 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 	if n := rows("#deckies"); n != pageDeckies {
 		t.Errorf("main page deckies: %d rows, want the limit %d (of 50,000)", n, pageDeckies)
 	}
-	if n := rows("#failures"); n != 30 {
+	if n := rows("#failures"); n != 33 { // 30 × d2, 3 drifts of worker-179
 		t.Errorf("main page failures: %d rows", n)
 	}
 	shoot("console-summary.png")
@@ -131,5 +169,69 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 	if n := rows("#deckies"); n > pageHostDeckies || n != 250 {
 		t.Errorf("host page deckies: %d rows (limit %d)", n, pageHostDeckies)
 	}
+
+	// The drifted worker's page counts its two unrepaired drifts.
+	if err := chromedp.Do(ctx, chromedp.Navigate(full.URL+"/hosts/worker-179"), chromedp.WaitVisible("#events")); err != nil {
+		t.Fatal(err)
+	}
+	if d := text("#host-drifted .num"); d != "2" {
+		t.Errorf("worker-179 drifted: %q", d)
+	}
+	if n := rows("#deckies"); n > pageHostDeckies || n != 250 {
+		t.Errorf("host page deckies: %d rows (limit %d)", n, pageHostDeckies)
+	}
 	shoot("console-host.png")
+
+	// A newer commit is pushed: 12 workers applied it, the others are
+	// behind; 8 of them are suspended and 10 refuse it. The rollout names
+	// the first 10 behind and why, and links to the others.
+	newest := strings.Repeat("c", 40)
+	for i := 0; i < 30; i++ {
+		host := fmt.Sprintf("worker-%03d", i)
+		b := fleetBody(host, newC, 250)
+		switch {
+		case i < 12:
+			b.Commit = newest
+		case i < 20:
+			b.Suspended = true
+		default:
+			b.PassError = "refusing commit " + newest[:12] + ": not signed by a key of the trust policy"
+		}
+		if _, err := st.Record(context.Background(), &b, "", time.Now().Add(-time.Duration(30-i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(full.URL+"/"), chromedp.WaitVisible("#rollouts")); err != nil {
+		t.Fatal(err)
+	}
+	for sel, want := range map[string]string{"#rollouts tr:nth-child(2) .applied": "12", "#rollouts tr:nth-child(2) .behind": "168",
+		"#rollouts tr:nth-child(2) .stale-count": "20", "#rollouts tr:nth-child(2) .behind-more": "and 158 more →",
+		"#rollouts tr:nth-child(3) .applied": "138", "#rollouts tr:nth-child(3) .failed-count": "30", "#rollouts tr:nth-child(3) .moved-on": "12",
+		"#rollouts tr:nth-child(3) .behind": "0", "#sum-applied": "12"} {
+		if got := text(sel); got != want {
+			t.Errorf("after the push, %s = %q, want %s", sel, got, want)
+		}
+	}
+	why := text("#rollouts tr:nth-child(2) .behind-why")
+	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#rollouts tr:nth-child(2) .behind-why a[href^="/hosts/"]').length`)); n != RolloutBehindShown ||
+		!strings.Contains(why, "worker-012 on "+newC[:12]+" (suspended)\n") || !strings.Contains(why, "worker-020 on "+newC[:12]+": refusing commit "+newest[:12]) {
+		t.Errorf("behind, and why (%d named):\n%s", n, why)
+	}
+	if !strings.Contains(text("#rollouts tr:nth-child(2)"), "(8 suspended, 10 with a pass error)") {
+		t.Errorf("the behind count does not say why: %s", text("#rollouts tr:nth-child(2)"))
+	}
+	shoot("console-rollout.png")
+	// "and 158 more →": every worker behind, a bounded page at a time.
+	if err := chromedp.Do(ctx, chromedp.Click("#rollouts tr:nth-child(2) .behind-more"), chromedp.WaitVisible("#behind")); err != nil {
+		t.Fatalf("click: %v", err)
+	}
+	if n := rows("#behind"); n != pageBehind {
+		t.Errorf("behind page: %d rows, want the limit %d (of 168)", n, pageBehind)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click("#behind-next"), chromedp.WaitVisible("#behind")); err != nil {
+		t.Fatalf("click: %v", err)
+	}
+	if n := rows("#behind"); n != 168-pageBehind {
+		t.Errorf("behind page 2: %d rows, want %d", n, 168-pageBehind)
+	}
 }
