@@ -16,7 +16,11 @@ test *args:
 
 # Tests of the pure and storage packages: no Docker, no root needed
 unit:
-    go test -count=1 ./desired ./relocalize ./report ./master ./apply
+    go test -count=1 ./agent ./internal/state ./internal/cliconf ./desired ./relocalize ./report ./master ./apply
+
+# The pass and the daemon loop under the race detector (no Docker needed)
+race:
+    go test -race -count=1 ./agent
 
 # End-to-end tests on the real Engine, veth LANs and git remotes
 e2e:
@@ -44,6 +48,8 @@ lint:
     test -z "$(gofmt -l $(git ls-files '*.go'))" || { gofmt -l $(git ls-files '*.go'); exit 1; }
     go vet ./...
     ./scripts/layering.sh
+    ./scripts/layering.sh --self-test
+    ./packaging/verify.sh
 
 # Check the example fleet repository as a fleet repo's CI would
 validate:
