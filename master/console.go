@@ -189,7 +189,7 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 .stale,.failed,.degraded,.quarantined,.conflict{background:#fde2e1}.fresh,.running,.succeeded{background:#e3f6e5}
 pre{margin:0;white-space:pre-wrap;max-width:60em}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}
-.num{font-size:1.4em;font-weight:bold}nav a{margin-right:1em}
+.num{font-size:1.4em;font-weight:bold}nav a{margin-right:1em}.behind-why{min-width:20em}
 </style>`
 
 var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!doctype html>
