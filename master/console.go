@@ -252,8 +252,8 @@ var behindTmpl = template.Must(template.New("behind").Funcs(consoleFuncs).Parse(
 <main>
 <h1>Workers behind {{short .Commit}}</h1>
 <p>Fresh workers on an older commit (or none) that never applied <code>{{.Commit}}</code>, by name.</p>
-<table id="behind"><tr><th>host</th><th>on commit</th><th>suspended</th><th>last pass error</th></tr>
-{{range .Rows}}<tr><td><a href="/hosts/{{esc .Host}}">{{.Host}}</a></td><td>{{short .Commit}}</td><td>{{if .Suspended}}<strong>suspended</strong>{{end}}</td><td>{{if .PassError}}<details><summary>{{firstLine .PassError}}</summary><pre>{{.PassError}}</pre></details>{{end}}</td></tr>
+<table id="behind"><tr><th>host</th><th>on commit</th><th>state</th><th>last pass error</th></tr>
+{{range .Rows}}<tr><td><a href="/hosts/{{esc .Host}}">{{.Host}}</a></td><td>{{short .Commit}}</td><td>{{if .Suspended}}<strong>suspended</strong>{{else}}{{.State}}{{end}}</td><td>{{if .PassError}}<details><summary>{{firstLine .PassError}}</summary><pre>{{.PassError}}</pre></details>{{end}}</td></tr>
 {{else}}<tr><td colspan="4">no worker is behind</td></tr>{{end}}
 </table>
 {{with .Next}}<p><a id="behind-next" href="{{.}}">more workers</a></p>{{end}}

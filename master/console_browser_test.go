@@ -183,10 +183,11 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 	shoot("console-host.png")
 
 	// A newer commit is pushed: 12 workers applied it, the others are
-	// behind; 8 of them are suspended and 10 refuse it. The rollout names
+	// behind; 8 of them are suspended, 10 refuse it, 10 fetched since
+	// (applying). The rollout names
 	// the first 10 behind and why, and links to the others.
 	newest := strings.Repeat("c", 40)
-	for i := 0; i < 30; i++ {
+	for i := 0; i < 40; i++ {
 		host := fmt.Sprintf("worker-%03d", i)
 		b := fleetBody(host, newC, 250)
 		switch {
@@ -194,10 +195,12 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 			b.Commit = newest
 		case i < 20:
 			b.Suspended = true
-		default:
+		case i < 30:
 			b.PassError = "refusing commit " + newest[:12] + ": not signed by a key of the trust policy"
+		default:
+			b.LastFetchOK = time.Now()
 		}
-		if _, err := st.Record(context.Background(), &b, "", time.Now().Add(-time.Duration(30-i)*time.Second)); err != nil {
+		if _, err := st.Record(context.Background(), &b, "", time.Now().Add(-time.Duration(40-i)*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,7 +220,7 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 		!strings.Contains(why, "worker-012 on "+newC[:12]+" (suspended)\n") || !strings.Contains(why, "worker-020 on "+newC[:12]+": refusing commit "+newest[:12]) {
 		t.Errorf("behind, and why (%d named):\n%s", n, why)
 	}
-	if !strings.Contains(text("#rollouts tr:nth-child(2)"), "(8 suspended, 10 with a pass error)") {
+	if !strings.Contains(text("#rollouts tr:nth-child(2)"), "168 (10 applying, 8 suspended, 10 with a pass error)") {
 		t.Errorf("the behind count does not say why: %s", text("#rollouts tr:nth-child(2)"))
 	}
 	shoot("console-rollout.png")
@@ -227,6 +230,9 @@ func TestConsoleInBrowserAt200Workers(t *testing.T) {
 	}
 	if n := rows("#behind"); n != pageBehind {
 		t.Errorf("behind page: %d rows, want the limit %d (of 168)", n, pageBehind)
+	}
+	if b := text("#behind"); !strings.Contains(b, "worker-030\tbbbbbbbbbbbb\tapplying") || !strings.Contains(b, "worker-012\tbbbbbbbbbbbb\tsuspended") {
+		t.Errorf("the behind page does not say why:\n%.600s", b)
 	}
 	if err := chromedp.Do(ctx, chromedp.Click("#behind-next"), chromedp.WaitVisible("#behind")); err != nil {
 		t.Fatalf("click: %v", err)

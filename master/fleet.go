@@ -56,7 +56,9 @@ func (s *Store) Summary(ctx context.Context, now time.Time, staleAfter time.Dura
 	if f.Drifted, err = s.Drifted(ctx, ""); err != nil {
 		return f, err
 	}
-	err = s.r.QueryRowContext(ctx, `SELECT commit_sha FROM host_commits ORDER BY first_ns DESC LIMIT 1`).Scan(&f.NewestCommit)
+	// The newest commit is the one the fleet first reported last (the
+	// order of [Rollout]), not the one a late worker applied last.
+	err = s.r.QueryRowContext(ctx, `SELECT commit_sha FROM host_commits GROUP BY commit_sha ORDER BY MIN(first_ns) DESC LIMIT 1`).Scan(&f.NewestCommit)
 	if err != nil && f.NewestCommit == "" {
 		return f, nil // nothing reported a commit yet
 	}
@@ -109,12 +111,19 @@ type Rollout struct {
 	// once and moved to another since): not behind.
 	MovedOn int `json:"moved_on"`
 	// Fresh workers on an older commit, or none, that never applied this
-	// one; BehindSuspended and BehindPassError count those of them whose
-	// heartbeat says why: the agent is suspended, or its last pass failed
-	// (e.g. a commit refused by the trust policy, a fetch that failed).
+	// one. Their heartbeats split them, first match wins:
+	// BehindSuspended (the agent is suspended), BehindPassError (its last
+	// pass failed: a commit refused by the trust policy, a fetch or an
+	// apply that failed), Applying (its last successful fetch is not older
+	// than FirstSeen, so it has likely fetched the commit and not reported
+	// it applied yet), and the rest have not fetched since FirstSeen (not
+	// yet seen it). Applying compares the worker's clock (last_fetch_ok)
+	// with the master's (FirstSeen): skew moves workers between Applying
+	// and not yet seen, never out of Behind.
 	Behind          int `json:"behind"`
 	BehindSuspended int `json:"behind_suspended"`
 	BehindPassError int `json:"behind_pass_error"`
+	Applying        int `json:"applying"`
 	// Workers whose last heartbeat is older than --stale-after: nobody
 	// knows what they run.
 	Stale int `json:"stale"`
@@ -138,7 +147,10 @@ type RolloutPoint struct {
 
 // BehindHost is a worker not on a commit, and what it says.
 type BehindHost struct {
-	Host      string `json:"host"`
+	Host string `json:"host"`
+	// State is why, from its heartbeat: "suspended", "pass error",
+	// "applying" or "not fetched since" (see [Rollout]).
+	State     string `json:"state"`
 	Commit    string `json:"commit"`
 	PassError string `json:"pass_error,omitempty"`
 	Suspended bool   `json:"suspended,omitempty"`
@@ -198,10 +210,11 @@ func (s *Store) Rollouts(ctx context.Context, now time.Time, staleAfter time.Dur
 	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns >= ? AND h.commit_sha <> ? AND `+movedOnSQL+` THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN `+behindSQL+` THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 1 THEN 1 ELSE 0 END), 0),
-	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.pass_error <> '' THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 0 AND h.pass_error <> '' THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 0 AND h.pass_error = '' AND h.last_fetch_ok_ns >= ? THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns < ? THEN 1 ELSE 0 END), 0)
-FROM hosts h`), cut, c, cut, c, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut).Scan(
-			&r.Applied, &r.Failed, &r.MovedOn, &r.Behind, &r.BehindSuspended, &r.BehindPassError, &r.Stale)
+FROM hosts h`), cut, c, cut, c, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut, c, c, f, f, cut).Scan(
+			&r.Applied, &r.Failed, &r.MovedOn, &r.Behind, &r.BehindSuspended, &r.BehindPassError, &r.Applying, &r.Stale)
 		if err != nil {
 			return nil, err
 		}
@@ -255,7 +268,7 @@ func (s *Store) behindPage(ctx context.Context, cut int64, commit string, first 
 	if err := decodeCursor(after, &c); err != nil {
 		return nil, "", err
 	}
-	rows, err := s.r.QueryContext(ctx, s.q(`SELECT h.host, h.commit_sha, h.pass_error, h.suspended FROM hosts h
+	rows, err := s.r.QueryContext(ctx, s.q(`SELECT h.host, h.commit_sha, h.pass_error, h.suspended, h.last_fetch_ok_ns FROM hosts h
 WHERE h.host > ? AND `+behindSQL+` ORDER BY h.host LIMIT ?`), c.Host, cut, commit, commit, first, limit+1)
 	if err != nil {
 		return nil, "", err
@@ -264,10 +277,21 @@ WHERE h.host > ? AND `+behindSQL+` ORDER BY h.host LIMIT ?`), c.Host, cut, commi
 	for rows.Next() {
 		var b BehindHost
 		var suspended int
-		if err := rows.Scan(&b.Host, &b.Commit, &b.PassError, &suspended); err != nil {
+		var fetched int64
+		if err := rows.Scan(&b.Host, &b.Commit, &b.PassError, &suspended, &fetched); err != nil {
 			return nil, "", err
 		}
 		b.Suspended = suspended == 1
+		switch {
+		case b.Suspended:
+			b.State = "suspended"
+		case b.PassError != "":
+			b.State = "pass error"
+		case fetched >= first:
+			b.State = "applying"
+		default:
+			b.State = "not fetched since"
+		}
 		out = append(out, b)
 	}
 	if err := rows.Err(); err != nil {

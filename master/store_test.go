@@ -494,25 +494,27 @@ func TestStoreRolloutOrderAndBehind(t *testing.T) {
 		rec("first-b", cB, t0.Add(time.Minute), nil)
 		rec("first-c", cC, t0.Add(2*time.Minute), nil)
 		// first-a stays on A; first-b and first-c as seeded.
-		rec("via-b", cB, t0.Add(3*time.Minute), nil)                                                       // B, then C: moved on from B
-		rec("via-b", cC, t0.Add(4*time.Minute), nil)                                                       //
-		rec("skipped-b", cC, t0.Add(4*time.Minute), nil)                                                   // A straight to C: past B
-		rec("suspended", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.Suspended = true })           // B, frozen: behind C
-		rec("refusing", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.PassError = "refused " + cC }) // behind C, says why
-		rec("rolled-back", cC, t0.Add(3*time.Minute), nil)                                                 // applied C, then back to A
-		rec("rolled-back", cA, t0.Add(4*time.Minute), nil)                                                 //
-		rec("nothing-yet", "", t0.Add(4*time.Minute), nil)                                                 // no commit applied: behind all
-		rec("gone", cA, t0.Add(-time.Hour), nil)                                                           // stale
-		for i := 0; i < 2*RolloutBehindShown; i++ {                                                        // many on A: behind B and C
+		rec("via-b", cB, t0.Add(3*time.Minute), nil)                                                                       // B, then C: moved on from B
+		rec("via-b", cC, t0.Add(4*time.Minute), nil)                                                                       //
+		rec("skipped-b", cC, t0.Add(4*time.Minute), nil)                                                                   // A straight to C: past B
+		rec("suspended", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.Suspended = true })                           // B, frozen: behind C
+		rec("refusing", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.PassError = "refused " + cC })                 // behind C, says why
+		rec("rolled-back", cC, t0.Add(3*time.Minute), nil)                                                                 // applied C, then back to A
+		rec("rolled-back", cA, t0.Add(4*time.Minute), nil)                                                                 //
+		rec("fetched", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.LastFetchOK = t0.Add(3 * time.Minute) })        // fetched since C: applying
+		rec("fetched-early", cB, t0.Add(4*time.Minute), func(b *report.Body) { b.LastFetchOK = t0.Add(90 * time.Second) }) // not since
+		rec("nothing-yet", "", t0.Add(4*time.Minute), nil)                                                                 // no commit applied: behind all
+		rec("gone", cA, t0.Add(-time.Hour), nil)                                                                           // stale
+		for i := 0; i < 2*RolloutBehindShown; i++ {                                                                        // many on A: behind B and C
 			rec(fmt.Sprintf("old-%02d", i), cA, t0.Add(4*time.Minute), nil)
 		}
 		ro, err := st.Rollouts(ctx, time.Now(), 10*time.Minute, 5)
 		if err != nil || len(ro) != 3 || ro[0].Commit != cC || ro[1].Commit != cB || ro[2].Commit != cA {
 			t.Fatalf("rollouts: %+v %v", ro, err)
 		}
-		type counts struct{ applied, movedOn, behind, susp, passErr, stale, shown, more int }
+		type counts struct{ applied, movedOn, behind, susp, passErr, applying, stale, shown, more int }
 		got := func(r Rollout) counts {
-			return counts{r.Applied, r.MovedOn, r.Behind, r.BehindSuspended, r.BehindPassError, r.Stale, len(r.BehindHosts), r.BehindMore}
+			return counts{r.Applied, r.MovedOn, r.Behind, r.BehindSuspended, r.BehindPassError, r.Applying, r.Stale, len(r.BehindHosts), r.BehindMore}
 		}
 		many := 2 * RolloutBehindShown
 		for _, tt := range []struct {
@@ -521,21 +523,23 @@ func TestStoreRolloutOrderAndBehind(t *testing.T) {
 		}{
 			// C: first-c, via-b, skipped-b applied; rolled-back moved on
 			// (applied it before); first-a, first-b, suspended, refusing,
-			// nothing-yet and the many are behind.
-			{ro[0], counts{3, 1, 5 + many, 1, 1, 1, RolloutBehindShown, 5 + many - RolloutBehindShown}},
-			// B: first-b, suspended, refusing applied; via-b, skipped-b,
-			// first-c moved on (past it); rolled-back (on A, never on B),
-			// first-a, nothing-yet and the many are behind.
-			{ro[1], counts{3, 3, 3 + many, 0, 0, 1, RolloutBehindShown, 3 + many - RolloutBehindShown}},
+			// fetched (applying), fetched-early, nothing-yet and the many
+			// are behind.
+			{ro[0], counts{3, 1, 7 + many, 1, 1, 1, 1, RolloutBehindShown, 7 + many - RolloutBehindShown}},
+			// B: first-b, suspended, refusing, fetched, fetched-early
+			// applied; via-b, skipped-b, first-c moved on (past it);
+			// rolled-back (on A, never on B), first-a, nothing-yet and the
+			// many are behind.
+			{ro[1], counts{5, 3, 3 + many, 0, 0, 0, 1, RolloutBehindShown, 3 + many - RolloutBehindShown}},
 			// A: everyone else moved past it, only nothing-yet is behind.
-			{ro[2], counts{2 + many, 6, 1, 0, 0, 1, 1, 0}},
+			{ro[2], counts{2 + many, 8, 1, 0, 0, 0, 1, 1, 0}},
 		} {
 			if g := got(tt.r); g != tt.want {
 				t.Errorf("rollout %s: %+v, want %+v", tt.r.Commit[:1], g, tt.want)
 			}
 		}
 		// Inline, by name: the first ones; those who say why, say it.
-		if b := ro[0].BehindHosts; b[0].Host != "first-a" || b[0].Commit != cA {
+		if b := ro[0].BehindHosts; b[0].Host != "fetched" || b[0].Commit != cB || b[0].State != "applying" || b[2].Host != "first-a" || b[2].Commit != cA {
 			t.Errorf("behind C, first: %+v", b[0])
 		}
 		// All of them, one page at a time, each once, in order.
@@ -558,8 +562,13 @@ func TestStoreRolloutOrderAndBehind(t *testing.T) {
 			}
 			why[b.Host] = b
 		}
-		if len(all) != 5+many || !why["suspended"].Suspended || why["refusing"].PassError != "refused "+cC || why["nothing-yet"].Commit != "" {
+		if len(all) != 7+many || !why["suspended"].Suspended || why["refusing"].PassError != "refused "+cC || why["nothing-yet"].Commit != "" {
 			t.Fatalf("behind C: %d workers, %+v", len(all), why)
+		}
+		for h, want := range map[string]string{"suspended": "suspended", "refusing": "pass error", "fetched": "applying", "fetched-early": "not fetched since", "nothing-yet": "not fetched since"} {
+			if why[h].State != want {
+				t.Errorf("%s behind C: state %q, want %q", h, why[h].State, want)
+			}
 		}
 		for _, h := range []string{"via-b", "skipped-b", "rolled-back", "gone", "first-c"} {
 			if _, ok := why[h]; ok {
@@ -610,6 +619,29 @@ func TestStoreDrifted(t *testing.T) {
 		record(t, st, b)
 		if n, err := st.Drifted(ctx, "worker-b"); err != nil || n != 0 {
 			t.Fatalf("worker-b drifted %d after its repair (%v)", n, err)
+		}
+	})
+}
+
+// The summary's newest commit is the one the fleet first saw last, even
+// when a late worker applies an older one afterwards.
+func TestStoreNewestCommitIsFirstSeenLast(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		t0 := time.Now().Add(-5 * time.Minute)
+		for i, r := range []struct {
+			host, commit string
+		}{{"w1", "old"}, {"w2", "new"}, {"w3", "old"}} { // w3 catches up with the old one last
+			b := body(r.host)
+			b.Commit = strings.Repeat(r.commit[:1], 40)
+			if _, err := st.Record(ctx, &b, "", t0.Add(time.Duration(i)*time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sum, err := st.Summary(ctx, time.Now(), time.Hour)
+		if err != nil || sum.NewestCommit != strings.Repeat("n", 40) || sum.Applied != 1 {
+			t.Fatalf("newest %q applied %d (%v)", sum.NewestCommit, sum.Applied, err)
 		}
 	})
 }
