@@ -18,8 +18,17 @@
 // loopback connection. Tokens are stored as SHA-256 hashes ([Store.AddToken]).
 //
 // Reads: GET /api/v1/hosts, /api/v1/deckies, /api/v1/lifecycle,
-// /api/v1/conflicts, and a server-rendered status page at /. Every list is
-// bounded and paginated by cursor.
+// /api/v1/conflicts, the fleet console's views (/api/v1/summary,
+// /api/v1/rollouts, /api/v1/rollouts/{commit}/behind, /api/v1/hosts/{host},
+// /api/v1/deckies/{host}/{decky}/events) and their server-rendered pages
+// at /. Every list is bounded and paginated by cursor.
+//
+// Rollouts: the master has no git, so a commit is "newer" when the fleet
+// first reported it applied later. A fresh worker on another commit is
+// behind a commit only if its own commit is older (or it has none) and it
+// never applied that commit; otherwise it has moved on ([Rollout]). A
+// decky is drifted when its latest event is a failed drift
+// ([Store.Drifted]).
 //
 // # Boundaries
 //
