@@ -62,7 +62,14 @@ func TestNoOpPassAndDriftWatch(t *testing.T) {
 		done <- a.Run(ctx, agent.LoopOptions{
 			Interval: time.Hour, Resync: time.Hour, Watch: true,
 			After:  func(time.Duration) <-chan time.Time { return tick },
-			OnPass: func(res *agent.Result, err error, _ time.Duration) { passes <- passed{res, err} },
+			OnPass: func(res *agent.Result, err error, _ time.Duration) {
+				// Never block the loop once the test has stopped reading
+				// (a failed assertion): cancel must end Run.
+				select {
+				case passes <- passed{res, err}:
+				case <-ctx.Done():
+				}
+			},
 		})
 	}()
 	defer func() {
@@ -109,12 +116,25 @@ func TestNoOpPassAndDriftWatch(t *testing.T) {
 	if err := docker.ContainerStop(ctx, svc.ID, container.StopOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	p := next()
-	if p.err != nil || p.res.Skipped {
-		t.Fatalf("the pass after drift was skipped: %+v %v", p.res, p.err)
+	// The kill and the stop are two events: the watcher may wake the loop
+	// for each, and the Engine decides when each is seen. What must hold:
+	// every pass the watcher starts is a full one, and within a few of them
+	// the decky is repaired in place.
+	repaired := false
+	for i := 0; i < 5 && !repaired; i++ {
+		p := next()
+		if p.err != nil || p.res.Skipped {
+			t.Fatalf("a pass woken by drift was skipped: %+v %v", p.res, p.err)
+		}
+		for _, r := range p.res.Results {
+			if r.Decky != w.name("ssh") || r.Operation != "repair" {
+				t.Fatalf("unexpected result after drift: %+v", r)
+			}
+			repaired = repaired || r.Status == "succeeded"
+		}
 	}
-	if len(p.res.Results) != 1 || p.res.Results[0].Operation != "repair" || p.res.Results[0].Status != "succeeded" {
-		t.Fatalf("want one succeeded repair, got %+v", p.res.Results)
+	if !repaired {
+		t.Fatal("the drifted decky was not repaired")
 	}
 	if st := w.owned()[w.name("ssh")+"-ssh"]; st.State != "running" {
 		t.Fatalf("service not running after repair: %s", st.State)
