@@ -61,7 +61,7 @@ func TestNoOpPassAndDriftWatch(t *testing.T) {
 	go func() {
 		done <- a.Run(ctx, agent.LoopOptions{
 			Interval: time.Hour, Resync: time.Hour, Watch: true,
-			After:  func(time.Duration) <-chan time.Time { return tick },
+			After: func(time.Duration) <-chan time.Time { return tick },
 			OnPass: func(res *agent.Result, err error, _ time.Duration) {
 				// Never block the loop once the test has stopped reading
 				// (a failed assertion): cancel must end Run.
