@@ -112,8 +112,8 @@ func fetch(ctx context.Context, p *pass) error {
 
 // parse reads the commit strictly; an invalid repository or a missing
 // host file changes nothing.
-func parse(_ context.Context, p *pass) error {
-	fleet, err := desired.Load(p.rev.Tree)
+func parse(ctx context.Context, p *pass) error {
+	fleet, err := desired.LoadContext(ctx, p.rev.Tree)
 	if err != nil {
 		return fmt.Errorf("fleet repository at commit %s is invalid; nothing was changed:\n%w", Short(p.rev.Commit), err)
 	}

@@ -124,7 +124,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	})
 }
 
-func cmdValidate(args []string, stdout, stderr io.Writer) int {
+func cmdValidate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f := newFlags("validate", "validate [--host NAME] DIR", stderr)
 	var host string
 	f.String(&host, "host", "", "also require hosts/<NAME>.yaml to exist")
@@ -148,7 +148,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pull-agent: %s is not a directory\n", dir)
 		return exitUsage
 	}
-	fleet, err := desired.Load(os.DirFS(dir))
+	fleet, err := desired.LoadContext(ctx, os.DirFS(dir))
 	if err != nil {
 		if errs, ok := errors.AsType[desired.Errors](err); ok {
 			for _, e := range errs {

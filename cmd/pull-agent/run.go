@@ -87,7 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "plan":
 		return cmdPlan(ctx, rest, stdout, stderr)
 	case "validate":
-		return cmdValidate(rest, stdout, stderr)
+		return cmdValidate(ctx, rest, stdout, stderr)
 	case "master":
 		err = cmdMaster(ctx, rest, stdout, stderr)
 	case "reap":

@@ -46,3 +46,24 @@ func TestValidateReportsEveryErrorAndExits1(t *testing.T) {
 		t.Errorf("a missing host file must fail validation, got %d", code)
 	}
 }
+
+// Flags may follow the directory, and a cancelled validate (Ctrl-C,
+// SIGTERM) stops without calling the repository valid.
+func TestValidateFlagsAfterDirAndCancel(t *testing.T) {
+	dir := filepath.Join(fleettest.ModuleRoot(t), "examples", "fleet-repo")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"validate", dir, "--host", "worker-a"}, &out, &errOut); code != 0 {
+		t.Fatalf("validate DIR --host: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"validate", dir, "--host", "nosuch"}, &out, &errOut); code != 1 || !strings.Contains(out.String(), "nosuch.yaml") {
+		t.Fatalf("validate DIR --host nosuch: exit %d\n%s", code, out.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	out.Reset()
+	code := run(ctx, []string{"validate", dir}, &out, &errOut)
+	if code == 0 || strings.Contains(out.String(), "valid:") || !strings.Contains(out.String(), "canceled") {
+		t.Fatalf("a cancelled validate must fail, not say valid: exit %d\n%s", code, out.String())
+	}
+}
