@@ -30,6 +30,10 @@ type RecordInput struct {
 	// Canceled is when shutdown was signalled during apply (zero: it was
 	// not). A result that failed at or after it was abandoned, not failed.
 	Canceled time.Time
+	// Queued reports whether the outbox still holds a succeeded event for
+	// decky at hash (nil: it holds none). It keeps the recovery of an
+	// interrupted run from reporting twice.
+	Queued func(decky, hash string) bool
 }
 
 // RecordOutput is the new state and what to report.
@@ -51,7 +55,13 @@ type RecordOutput struct {
 //   - a decky that cannot be applied (change set action failed) is
 //     reported once per distinct hash and error, not every pass;
 //   - quarantined entries count as not converged and report nothing new;
-//   - addresses and failures of deckies no longer wanted are forgotten.
+//   - addresses and failures of deckies no longer wanted are forgotten;
+//   - an earlier run killed after changing the Engine but before queueing
+//     its events is recovered from what runs: a decky running exactly as
+//     desired at a hash the state does not hold as applied is reported
+//     applied, and a decky the state holds as applied that is neither
+//     desired nor running any more is reported torn down, unless the
+//     outbox still holds that report (Queued).
 func Record(in RecordInput) RecordOutput {
 	st := in.State.Clone()
 	out := RecordOutput{State: st}
@@ -116,6 +126,37 @@ func Record(in RecordInput) RecordOutput {
 				st.Failures[e.Decky] = state.Failure{Hash: e.Hash, Error: e.Error, Last: in.Now}
 			}
 		}
+	}
+	// Recovery of an interrupted run (SIGKILL, power loss between the
+	// Engine's change and the outbox write): what runs says what was done.
+	const recovered = "applied by an earlier run that stopped before reporting it"
+	queued := func(decky, hash string) bool { return in.Queued != nil && in.Queued(decky, hash) }
+	planned := map[string]bool{}
+	for _, e := range in.Changes.Entries {
+		planned[e.Decky] = true
+		if e.Action != apply.Unchanged || e.Hash == "" || st.Applied[e.Decky] == e.Hash {
+			continue
+		}
+		op := apply.OpMutate
+		if st.Applied[e.Decky] == "" {
+			op = apply.OpDeploy
+		}
+		if !queued(e.Decky, e.Hash) {
+			emit(report.Event{DeckyName: e.Decky, Operation: string(op), Status: apply.Succeeded, ConfigHash: e.Hash, CompletedAt: in.Now, Note: recovered})
+		}
+		st.Applied[e.Decky] = e.Hash
+		delete(st.Failures, e.Decky)
+	}
+	for _, name := range SortedKeys(st.Applied) {
+		if wanted[name] || planned[name] {
+			continue
+		}
+		// Not desired and nothing of it runs (no remove was planned): its
+		// teardown happened in a run that did not live to report it.
+		if hash := st.Applied[name]; !queued(name, hash) {
+			emit(report.Event{DeckyName: name, Operation: string(apply.OpTeardown), Status: apply.Succeeded, ConfigHash: hash, CompletedAt: in.Now, Note: recovered})
+		}
+		delete(st.Applied, name)
 	}
 	for name := range st.Failures {
 		if !wanted[name] {

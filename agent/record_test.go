@@ -36,6 +36,7 @@ func TestRecord(t *testing.T) {
 		events    []string
 		failed    int
 		abandoned []string
+		queued    func(decky, hash string) bool
 		check     func(t *testing.T, st *state.State)
 	}{
 		{
@@ -134,12 +135,57 @@ func TestRecord(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "a run killed before queueing its deploy is recovered from what runs", state: empty(), wanted: []string{"a"},
+			entries: []apply.Entry{{Decky: "a", Action: apply.Unchanged, Hash: "h-a"}},
+			events:  []string{"a deploy succeeded"},
+			check: func(t *testing.T, st *state.State) {
+				if st.Applied["a"] != "h-a" {
+					t.Errorf("applied = %v", st.Applied)
+				}
+			},
+		},
+		{
+			name: "a recovered change of an applied decky is a mutate", wanted: []string{"a"},
+			state:   &state.State{Addresses: map[string]state.Address{}, Applied: map[string]string{"a": "h-old"}, Failures: map[string]state.Failure{}},
+			entries: []apply.Entry{{Decky: "a", Action: apply.Unchanged, Hash: "h-a"}},
+			events:  []string{"a mutate succeeded"},
+		},
+		{
+			name: "a run killed before queueing its teardown is recovered", wanted: []string{"b"},
+			state:   &state.State{Addresses: map[string]state.Address{}, Applied: map[string]string{"a": "h-a", "b": "h-b"}, Failures: map[string]state.Failure{}},
+			entries: []apply.Entry{{Decky: "b", Action: apply.Unchanged, Hash: "h-b"}},
+			events:  []string{"a teardown succeeded"},
+			check: func(t *testing.T, st *state.State) {
+				if _, ok := st.Applied["a"]; ok || st.Applied["b"] != "h-b" {
+					t.Errorf("applied = %v", st.Applied)
+				}
+			},
+		},
+		{
+			name: "what the outbox still holds is not reported twice", wanted: []string{"b"},
+			state:   &state.State{Addresses: map[string]state.Address{}, Applied: map[string]string{"a": "h-a"}, Failures: map[string]state.Failure{}},
+			entries: []apply.Entry{{Decky: "b", Action: apply.Unchanged, Hash: "h-b"}},
+			queued:  func(decky, hash string) bool { return decky+hash == "ah-a" || decky+hash == "bh-b" },
+			check: func(t *testing.T, st *state.State) {
+				if _, ok := st.Applied["a"]; ok || st.Applied["b"] != "h-b" {
+					t.Errorf("applied = %v", st.Applied)
+				}
+			},
+		},
+		{
+			name: "a decky whose removal is planned is not recovered", wanted: nil,
+			state:   &state.State{Addresses: map[string]state.Address{}, Applied: map[string]string{"a": "h-a"}, Failures: map[string]state.Failure{}},
+			entries: []apply.Entry{{Decky: "a", Action: apply.Remove, Operation: apply.OpTeardown}},
+			results: []apply.Result{{Decky: "a", Action: apply.Remove, Operation: apply.OpTeardown, Status: apply.FailedSt, Hash: "h-a", Error: "busy", CompletedAt: before}},
+			events:  []string{"a teardown failed"}, failed: 1,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			orig := tc.state.Clone()
 			out := agent.Record(agent.RecordInput{
 				State: tc.state, Commit: "c1", Wanted: tc.wanted, Results: tc.results,
-				Changes: apply.ChangeSet{Entries: tc.entries}, Budget: 3, Now: now, Canceled: tc.canceled,
+				Changes: apply.ChangeSet{Entries: tc.entries}, Budget: 3, Now: now, Canceled: tc.canceled, Queued: tc.queued,
 			})
 			if got := events(out.Events); !slices.Equal(got, tc.events) {
 				t.Errorf("events = %v, want %v", got, tc.events)

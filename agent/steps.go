@@ -343,6 +343,7 @@ func record(ctx context.Context, p *pass) error {
 	out := Record(RecordInput{
 		State: a.st, Commit: p.rev.Commit, Wanted: wanted, Assignments: p.alloc.Assignments,
 		Changes: p.res.Changes, Results: p.res.Results, Budget: a.cfg.RetryBudget, Now: a.now().UTC(), Canceled: p.cancelAt,
+		Queued: a.queuedSucceeded(ctx),
 	})
 	a.st = out.State
 	p.res.Events, p.res.Failed, p.res.Abandoned = out.Events, out.Failed, out.Abandoned
@@ -350,7 +351,39 @@ func record(ctx context.Context, p *pass) error {
 		p.log.InfoContext(ctx, "shutting down: decky abandoned, planned again next pass", "decky", name)
 	}
 	a.queue(ctx, out.Events)
+	// The state is saved right after the events are queued, before any
+	// delivery: a run killed after this point has nothing to recover, and
+	// one killed before it finds its events still queued (Queued), so
+	// recovery never reports twice.
+	if err := a.st.Save(a.cfg.StateDir); err != nil {
+		p.log.ErrorContext(ctx, "cannot save state", "err", err)
+	}
 	return nil
+}
+
+// queuedSucceeded reports which succeeded events the outbox still holds,
+// for Record's recovery of an interrupted run.
+func (a *Agent) queuedSucceeded(ctx context.Context) func(decky, hash string) bool {
+	if a.d.Outbox == nil {
+		return nil
+	}
+	// Read lazily: only a pass with something to recover reads the outbox.
+	var held map[[2]string]bool
+	return func(decky, hash string) bool {
+		if held == nil {
+			held = map[[2]string]bool{}
+			events, err := a.d.Outbox.Pending(0)
+			if err != nil {
+				a.log.WarnContext(ctx, "cannot read the outbox", "err", err)
+			}
+			for _, e := range events {
+				if e.Status == apply.Succeeded {
+					held[[2]string{e.DeckyName, e.ConfigHash}] = true
+				}
+			}
+		}
+		return held[[2]string{decky, hash}]
+	}
 }
 
 // helper lists what runs now (shared with the heartbeat) and keeps the
