@@ -30,10 +30,11 @@ type RecordInput struct {
 	// Canceled is when shutdown was signalled during apply (zero: it was
 	// not). A result that failed at or after it was abandoned, not failed.
 	Canceled time.Time
-	// Queued reports whether the outbox still holds a succeeded event for
-	// decky at hash (nil: it holds none). It keeps the recovery of an
-	// interrupted run from reporting twice.
-	Queued func(decky, hash string) bool
+	// Queued reports whether the outbox still holds a succeeded event of
+	// operation op for decky at hash (a teardown at any hash; nil: it holds
+	// none). It keeps the recovery of an interrupted run from reporting
+	// twice.
+	Queued func(decky string, op apply.Operation, hash string) bool
 }
 
 // RecordOutput is the new state and what to report.
@@ -130,7 +131,9 @@ func Record(in RecordInput) RecordOutput {
 	// Recovery of an interrupted run (SIGKILL, power loss between the
 	// Engine's change and the outbox write): what runs says what was done.
 	const recovered = "applied by an earlier run that stopped before reporting it"
-	queued := func(decky, hash string) bool { return in.Queued != nil && in.Queued(decky, hash) }
+	queued := func(decky string, op apply.Operation, hash string) bool {
+		return in.Queued != nil && in.Queued(decky, op, hash)
+	}
 	planned := map[string]bool{}
 	for _, e := range in.Changes.Entries {
 		planned[e.Decky] = true
@@ -141,7 +144,7 @@ func Record(in RecordInput) RecordOutput {
 		if st.Applied[e.Decky] == "" {
 			op = apply.OpDeploy
 		}
-		if !queued(e.Decky, e.Hash) {
+		if !queued(e.Decky, op, e.Hash) {
 			emit(report.Event{DeckyName: e.Decky, Operation: string(op), Status: apply.Succeeded, ConfigHash: e.Hash, CompletedAt: in.Now, Note: recovered})
 		}
 		st.Applied[e.Decky] = e.Hash
@@ -153,7 +156,7 @@ func Record(in RecordInput) RecordOutput {
 		}
 		// Not desired and nothing of it runs (no remove was planned): its
 		// teardown happened in a run that did not live to report it.
-		if hash := st.Applied[name]; !queued(name, hash) {
+		if hash := st.Applied[name]; !queued(name, apply.OpTeardown, hash) {
 			emit(report.Event{DeckyName: name, Operation: string(apply.OpTeardown), Status: apply.Succeeded, ConfigHash: hash, CompletedAt: in.Now, Note: recovered})
 		}
 		delete(st.Applied, name)

@@ -36,7 +36,7 @@ func TestRecord(t *testing.T) {
 		events    []string
 		failed    int
 		abandoned []string
-		queued    func(decky, hash string) bool
+		queued    func(decky string, op apply.Operation, hash string) bool
 		check     func(t *testing.T, st *state.State)
 	}{
 		{
@@ -166,7 +166,9 @@ func TestRecord(t *testing.T) {
 			name: "what the outbox still holds is not reported twice", wanted: []string{"b"},
 			state:   &state.State{Addresses: map[string]state.Address{}, Applied: map[string]string{"a": "h-a"}, Failures: map[string]state.Failure{}},
 			entries: []apply.Entry{{Decky: "b", Action: apply.Unchanged, Hash: "h-b"}},
-			queued:  func(decky, hash string) bool { return decky+hash == "ah-a" || decky+hash == "bh-b" },
+			queued: func(decky string, op apply.Operation, hash string) bool {
+				return decky+string(op) == "ateardown" || decky+hash == "bh-b"
+			},
 			check: func(t *testing.T, st *state.State) {
 				if _, ok := st.Applied["a"]; ok || st.Applied["b"] != "h-b" {
 					t.Errorf("applied = %v", st.Applied)

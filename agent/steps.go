@@ -362,14 +362,15 @@ func record(ctx context.Context, p *pass) error {
 }
 
 // queuedSucceeded reports which succeeded events the outbox still holds,
-// for Record's recovery of an interrupted run.
-func (a *Agent) queuedSucceeded(ctx context.Context) func(decky, hash string) bool {
+// for Record's recovery of an interrupted run: deploys and mutates by
+// decky and configuration, teardowns by decky.
+func (a *Agent) queuedSucceeded(ctx context.Context) func(string, apply.Operation, string) bool {
 	if a.d.Outbox == nil {
 		return nil
 	}
 	// Read lazily: only a pass with something to recover reads the outbox.
 	var held map[[2]string]bool
-	return func(decky, hash string) bool {
+	return func(decky string, op apply.Operation, hash string) bool {
 		if held == nil {
 			held = map[[2]string]bool{}
 			events, err := a.d.Outbox.Pending(0)
@@ -377,10 +378,17 @@ func (a *Agent) queuedSucceeded(ctx context.Context) func(decky, hash string) bo
 				a.log.WarnContext(ctx, "cannot read the outbox", "err", err)
 			}
 			for _, e := range events {
-				if e.Status == apply.Succeeded {
+				switch {
+				case e.Status != apply.Succeeded:
+				case e.Operation == string(apply.OpTeardown):
+					held[[2]string{e.DeckyName, string(apply.OpTeardown)}] = true
+				default:
 					held[[2]string{e.DeckyName, e.ConfigHash}] = true
 				}
 			}
+		}
+		if op == apply.OpTeardown {
+			return held[[2]string{decky, string(apply.OpTeardown)}]
 		}
 		return held[[2]string{decky, hash}]
 	}

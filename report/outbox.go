@@ -206,10 +206,37 @@ func (o *Outbox) Add(e Event) (Event, error) {
 		return e, fmt.Errorf("failed to store event: %w", err)
 	}
 	o.next++
-	// The counter only matters once the outbox drains; losing this write
-	// is harmless (see OpenOutbox).
-	_ = atomicfile.Write(filepath.Join(o.dir, seqFile), []byte(strconv.FormatUint(e.Seq, 10)), 0o600)
+	// The counter only matters once the outbox drains. A process killed
+	// before this write leaves the event file, whose number OpenOutbox
+	// counts; Ack and SetAside then store the counter before that file goes,
+	// so a number is never handed out twice.
+	_ = o.storeCounterLocked(e.Seq)
 	return e, nil
+}
+
+// storeCounterLocked makes the stored counter at least seq.
+func (o *Outbox) storeCounterLocked(seq uint64) error {
+	path := filepath.Join(o.dir, seqFile)
+	if n, err := readUint(path); err == nil && n >= seq {
+		return nil
+	}
+	return atomicfile.Write(path, []byte(strconv.FormatUint(seq, 10)), 0o600)
+}
+
+// keepCounterLocked stores the counter before events leave the queue: once
+// their files are gone, it is the only memory of their numbers.
+func (o *Outbox) keepCounterLocked(events []Event) error {
+	var top uint64
+	for _, e := range events {
+		top = max(top, e.Seq)
+	}
+	if top == 0 {
+		return nil
+	}
+	if err := o.storeCounterLocked(top); err != nil {
+		return fmt.Errorf("failed to store the outbox counter: %w", err)
+	}
+	return nil
 }
 
 func newID() string {
@@ -279,6 +306,9 @@ func (o *Outbox) Rejected() int {
 func (o *Outbox) Ack(events []Event) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if err := o.keepCounterLocked(events); err != nil {
+		return err
+	}
 	for _, e := range events {
 		if err := os.Remove(filepath.Join(o.dir, eventName(e.Seq))); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -312,6 +342,9 @@ func (o *Outbox) SetAside(e Event, reason string) error {
 }
 
 func (o *Outbox) setAsideLocked(seq uint64, reason string) error {
+	if err := o.storeCounterLocked(seq); err != nil {
+		return err
+	}
 	rej := filepath.Join(o.dir, rejectedDir)
 	if reason != "" {
 		name := strings.TrimSuffix(eventName(seq), eventSuffix) + reasonSuffix

@@ -74,6 +74,37 @@ func TestOutboxIsDurableOrderedAndMonotonic(t *testing.T) {
 	}
 }
 
+// A process killed between an event's file and the counter update: the
+// next process delivers that event and removes its file; the one after
+// must still not hand its number out again (the master would take the
+// reused number for a duplicate and drop the new event).
+func TestOutboxNumberNotReusedAfterKillBeforeCounter(t *testing.T) {
+	box, dir := newBox(t)
+	add(t, box, "a") // seq 1, counter 1
+	add(t, box, "b") // seq 2, counter 2
+	p, _ := box.Pending(0)
+	if err := box.Ack(p); err != nil {
+		t.Fatal(err)
+	}
+	c := add(t, box, "c") // seq 3
+	// The kill: the counter update of seq 3 never happened.
+	if err := os.WriteFile(filepath.Join(dir, "seq"), []byte("2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	box2, _ := OpenOutbox(dir, "worker-a")
+	p, _ = box2.Pending(0)
+	if len(p) != 1 || p[0].Seq != c.Seq {
+		t.Fatalf("pending after the kill: %+v", p)
+	}
+	if err := box2.Ack(p); err != nil { // delivered by the restarted agent
+		t.Fatal(err)
+	}
+	box3, _ := OpenOutbox(dir, "worker-a")
+	if d := add(t, box3, "d"); d.Seq != c.Seq+1 {
+		t.Fatalf("seq %d handed out again (got %d after a delivered %d)", c.Seq, d.Seq, c.Seq)
+	}
+}
+
 func TestOutboxBound(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "outbox")
 	box, err := OpenOutboxWith(dir, "worker-a", OutboxOptions{MaxEvents: 2})

@@ -377,7 +377,20 @@ func TestEndToEndFaultKilledMidPass(t *testing.T) {
 		<-exited
 		t.Logf("trial %d: SIGKILL %s", k, point)
 
+		if os.Getenv("FAULTS_VERBOSE") != "" {
+			ents, _ := os.ReadDir(outboxDir)
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			st, _ := state.Load(w.state, w.host)
+			t.Logf("trial %d: after the kill: outbox %v, applied %v", k, names, st.Applied)
+		}
 		code, pout := runAgent(t, w.faultArgs("once", m)...)
+		if os.Getenv("FAULTS_VERBOSE") != "" {
+			t.Logf("trial %d: the pass after the kill:\n%s", k, pout)
+			t.Logf("trial %d: the killed daemon said:\n%s", k, out.String())
+		}
 		if code != 0 {
 			t.Fatalf("trial %d (%s): the pass after the kill exited %d\n%s", k, point, code, pout)
 		}
