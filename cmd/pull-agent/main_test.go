@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"os"
 	"testing"
 )
@@ -11,7 +10,7 @@ import (
 // pull-agent.
 func TestMain(m *testing.M) {
 	if os.Getenv("PULL_AGENT_TEST_AS_MAIN") == "1" {
-		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+		os.Exit(mainWithSignals()) // signals handled as by main
 	}
 	os.Exit(m.Run())
 }
