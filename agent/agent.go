@@ -46,6 +46,10 @@ type Config struct {
 	// Suspend applies nothing (--suspend); see also the host file's
 	// suspend: and the state directory's suspend file.
 	Suspend bool
+	// LANCheckTimeout is how long a declared port may take to accept a
+	// connection from the worker (the LAN check of an apply and the
+	// identity drift check of a full pass); default 15s.
+	LANCheckTimeout time.Duration
 }
 
 func (c *Config) defaults() {
@@ -61,6 +65,9 @@ func (c *Config) defaults() {
 	if c.Version == "" {
 		c.Version = "dev"
 	}
+	if c.LANCheckTimeout <= 0 {
+		c.LANCheckTimeout = 15 * time.Second
+	}
 }
 
 // Deps are the roles an Agent works through. Engine, LAN and Source are
@@ -72,7 +79,11 @@ type Deps struct {
 	Source   Source
 	Outbox   *report.Outbox
 	Reporter Reporter
-	Log      *slog.Logger
+	// Ports checks declared ports from the worker (the LAN check and the
+	// identity drift check); nil means an apply.DialChecker bound to the
+	// host helper link, and no check when there is no helper link.
+	Ports apply.PortChecker
+	Log   *slog.Logger
 	// Now is the clock; nil means time.Now. Tests fix it.
 	Now func() time.Time
 }
@@ -96,6 +107,12 @@ type Agent struct {
 	hostUUID   string
 	signer     string // who signed the last fetched commit ("none": no policy)
 	suspended  bool   // the last pass stopped because the agent is suspended
+	// warnedNoCheck: the missing LAN check (no helper link) was logged.
+	warnedNoCheck bool
+	// reportedDrift holds, per decky, the drift last reported that the
+	// agent does not repair (another machine on its address): reported
+	// once while it lasts.
+	reportedDrift map[string]string
 
 	window passWindow // tells the agent's own Engine events from drift
 
@@ -125,7 +142,7 @@ func New(cfg Config, d Deps) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, d: d, log: d.Log.With("host", cfg.Host), now: d.Now, st: st}
+	a := &Agent{cfg: cfg, d: d, log: d.Log.With("host", cfg.Host), now: d.Now, st: st, reportedDrift: map[string]string{}}
 	a.setHealth()
 	if !cfg.ReadOnly {
 		a.removeLeftovers()

@@ -60,13 +60,15 @@ type world struct {
 	src *fake.Source
 	rep *fake.Reporter
 	box *report.Outbox
-	a   *agent.Agent
+	// ports checks declared ports (the LAN check): all answer unless set.
+	ports *ports
+	a     *agent.Agent
 }
 
 func newWorld(t *testing.T, tune ...func(*agent.Config)) *world {
 	t.Helper()
 	dir := t.TempDir()
-	w := &world{t: t, eng: fake.NewEngine(), lan: fake.NewLAN(), src: &fake.Source{}}
+	w := &world{t: t, eng: fake.NewEngine(), lan: fake.NewLAN(), src: &fake.Source{}, ports: &ports{}}
 	w.cfg = agent.Config{Host: "w", StateDir: dir, RetryBudget: 3, Probe: true, Helper: "decnet_macvlan0",
 		Steady: apply.SteadyOptions{Samples: 1, Interval: time.Millisecond, Timeout: 5 * time.Second}}
 	for _, f := range tune {
@@ -83,7 +85,7 @@ func newWorld(t *testing.T, tune ...func(*agent.Config)) *world {
 
 func (w *world) newAgent() *agent.Agent {
 	w.t.Helper()
-	a, err := agent.New(w.cfg, agent.Deps{Engine: w.eng, LAN: w.lan, Source: source{w.src}, Outbox: w.box, Reporter: w.rep})
+	a, err := agent.New(w.cfg, agent.Deps{Engine: w.eng, LAN: w.lan, Source: source{w.src}, Outbox: w.box, Reporter: w.rep, Ports: w.ports})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -155,7 +157,9 @@ func TestPassConvergesThenSkipsUnchangedCommit(t *testing.T) {
 	if !st.LastClean || st.LastCommit != res.Commit || len(st.Applied) != 2 || len(st.Addresses) != 2 {
 		t.Fatalf("state after converging: %+v", st)
 	}
-	if hs := w.lan.Helpers(); len(hs) != 1 || len(hs[0].Deckies) != 2 {
+	// The helper link routes to both deckies before apply (the LAN check
+	// dials through it) and after.
+	if hs := w.lan.Helpers(); len(hs) != 2 || len(hs[0].Deckies) != 2 || len(hs[1].Deckies) != 2 {
 		t.Fatalf("helper routes: %+v", hs)
 	}
 

@@ -5,12 +5,30 @@
 //
 // [Agent.Pass] runs an ordered list of steps over one pass value, each a
 // func(ctx, *pass) error: fetch, parse, detect LAN, allocate, render, diff,
-// ensure network, apply, record, helper. The first step that refuses stops
-// the pass; the refusal is a [*StepError] naming the step, and nothing after
+// identity, prune guard, ensure network, apply, record, helper. The first
+// step that refuses stops the pass; the refusal is a [*StepError] naming the step, and nothing after
 // it runs (in particular, nothing on the worker changes after a refusal
 // before apply). A deferred step, as Flux's reconcilers do, always builds
 // the heartbeat from whatever the pass reached, delivers it with the
 // outbox, and saves the state.
+//
+// # Verified from the LAN
+//
+// The apply's LAN check (apply.Options.LANCheck) dials each declared TCP
+// port from the worker through the host helper link, which is given a
+// route to every running and changing decky before apply; a decky that
+// failed its last check at its hash is verified again, not taken as
+// unchanged (apply.DiffInput.Unverified). On every full pass (once, the
+// daemon's resync) the identity step checks each decky running exactly as
+// desired as the LAN sees it (apply.CheckIdentity): one ARP round from the
+// helper link (an optional [ARPResolver] role of the [LAN]) and its
+// declared ports. Each drift is a lifecycle event, operation [OpDrift],
+// status failed, listing what differed. One the decky can be put right
+// from (another MAC, no ARP answer, a port that stopped answering) is
+// repaired in the same pass: the decky is recreated and a repair event
+// follows. Another machine answering for the address is reported once
+// while it lasts, never fought over. Without a helper link nothing is
+// checked from the LAN (a warning says so once).
 //
 // # Roles
 //

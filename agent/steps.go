@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	stdsync "sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/hostnet"
 	"github.com/decnet/pull-agent/relocalize"
+	"github.com/decnet/pull-agent/report"
 	fleetsync "github.com/decnet/pull-agent/sync"
 )
 
@@ -44,7 +46,10 @@ type pass struct {
 	// pruneRefused is why the removals of this pass were refused ("" when
 	// they were not).
 	pruneRefused string
-	res          *Result
+	// driftEvents are the identity drift events of this pass (queued by
+	// the identity step, listed first in the result's events).
+	driftEvents []report.Event
+	res         *Result
 }
 
 // cancelTime records when a context was cancelled (set from another
@@ -75,6 +80,7 @@ var steps = []step{
 	{"allocate", allocate},
 	{"render", render},
 	{"diff", diff},
+	{"identity", identity},
 	{"prune", pruneGuard},
 	{"network", ensureNetwork},
 	{"apply", applyStep},
@@ -272,7 +278,10 @@ func render(ctx context.Context, p *pass) error {
 func diff(_ context.Context, p *pass) error {
 	a := p.a
 	p.diffIn = apply.DiffInput{Owner: a.cfg.Host, Project: p.fleet.Defaults.ComposeProject, Desired: p.specs, Failed: p.failed,
-		Observed: p.observed, Quarantined: a.st.Quarantined, Applied: a.st.Applied}
+		Observed: p.observed, Quarantined: a.st.Quarantined, Applied: a.st.Applied,
+		// A decky that failed its last check at this hash (steady state, LAN
+		// check) is checked again, not taken as unchanged.
+		Unverified: func(d, h string) bool { f, ok := a.st.Failures[d]; return ok && f.Hash == h }}
 	p.res.Changes = apply.Diff(p.diffIn)
 	return nil
 }
@@ -322,6 +331,7 @@ func applyStep(ctx context.Context, p *pass) error {
 	defer stop()
 	applier := apply.NewApplier(a.d.Engine, p.fleet.Defaults.ComposeProject, a.cfg.StateDir, p.net, apply.Options{
 		Parallel: a.cfg.Parallel, Steady: a.cfg.Steady, ContextDir: a.ContextDir(), AllowPull: a.cfg.AllowPull,
+		LANCheck: p.lanCheck(ctx),
 	}, p.log)
 	p.res.Results = applier.Apply(actx, p.res.Changes, p.rev.Tree)
 	p.cancelAt = at.get()
@@ -346,7 +356,7 @@ func record(ctx context.Context, p *pass) error {
 		Queued: a.queuedSucceeded(ctx),
 	})
 	a.st = out.State
-	p.res.Events, p.res.Failed, p.res.Abandoned = out.Events, out.Failed, out.Abandoned
+	p.res.Events, p.res.Failed, p.res.Abandoned = append(slices.Clone(p.driftEvents), out.Events...), out.Failed, out.Abandoned
 	for _, name := range out.Abandoned {
 		p.log.InfoContext(ctx, "shutting down: decky abandoned, planned again next pass", "decky", name)
 	}
@@ -405,30 +415,41 @@ func helper(ctx context.Context, p *pass) error {
 		return nil
 	}
 	p.res.Containers = cs
-	if a.cfg.Helper == "" || len(p.lan.HostAddrs) == 0 {
-		return nil
+	p.ensureHelper(ctx, p.runningBases(cs))
+	return nil
+}
+
+// lanCheck is the apply's LAN check: the port checker, once the helper
+// link routes to every decky running now and every one about to run (nil
+// when there is no checker, or the link could not be set up: deckies are
+// then judged by their containers alone, as the warning says).
+func (p *pass) lanCheck(ctx context.Context) apply.PortChecker {
+	pc := p.portChecker(ctx)
+	if pc == nil || p.helperLink() == "" {
+		return pc
 	}
-	name := a.cfg.Helper
-	if name == "decnet_macvlan0" && p.net.Driver == desired.DriverIPvlan {
-		name = "decnet_ipvlan0" // DECNET's name for the ipvlan variant
-	}
-	var ips []netip.Addr
-	for _, c := range cs {
-		if c.Owner() == a.cfg.Host && c.Labels[engine.LabelRole] == engine.RoleBase && c.State == "running" {
-			if ip := c.Networks[p.net.Name]; ip.IsValid() {
-				ips = append(ips, ip)
-			}
+	ips := p.runningBases(p.diffIn.Observed)
+	var changing []netip.Addr
+	for _, e := range p.res.Changes.Entries {
+		if e.Changes() && e.Action != apply.Remove && e.IP.IsValid() {
+			changing = append(changing, e.IP)
 		}
 	}
-	ch, err := a.d.LAN.EnsureHelper(hostnet.HelperSpec{Name: name, Parent: p.lan.Interface, Driver: p.net.Driver, HostIP: p.lan.HostAddrs[0], Deckies: ips, Owner: a.cfg.Host})
-	if err != nil {
-		p.log.WarnContext(ctx, "host helper not updated", "link", name, "err", err)
+	ips = append(ips, changing...)
+	slices.SortFunc(ips, netip.Addr.Compare)
+	if !p.ensureHelper(ctx, slices.Compact(ips)) {
+		p.log.WarnContext(ctx, "LAN check skipped this pass: the host helper link is not ready")
 		return nil
 	}
-	if ch.Created || len(ch.RoutesAdded)+len(ch.RoutesRemoved) > 0 {
-		p.log.InfoContext(ctx, "host helper updated", "link", name, "created", ch.Created, "routes_added", len(ch.RoutesAdded), "routes_removed", len(ch.RoutesRemoved))
+	// A changing decky may answer with another MAC than the kernel
+	// remembers (a repair puts its MAC back; an address reused): forget
+	// it, so the check dials whoever answers ARP now.
+	if f, ok := p.a.d.LAN.(NeighbourForgetter); ok {
+		if err := f.ForgetNeighbours(p.helperLink(), changing); err != nil {
+			p.log.WarnContext(ctx, "cannot forget stale neighbour entries", "err", err)
+		}
 	}
-	return nil
+	return pc
 }
 
 // notRunningAt reports whether decky name is not already up at ip: only
