@@ -157,6 +157,10 @@ func TestPassConvergesThenSkipsUnchangedCommit(t *testing.T) {
 	if !st.LastClean || st.LastCommit != res.Commit || len(st.Applied) != 2 || len(st.Addresses) != 2 {
 		t.Fatalf("state after converging: %+v", st)
 	}
+	// Without trust roots nothing is verified, and every report says so.
+	if hbs := w.rep.Heartbeats(); len(hbs) == 0 || hbs[len(hbs)-1].Verified != "none" || st.Verified != "none" {
+		t.Fatalf("without trust, heartbeat and state must say verified: none (state %q)", st.Verified)
+	}
 	// The helper link routes to both deckies before apply (the LAN check
 	// dials through it) and after.
 	if hs := w.lan.Helpers(); len(hs) != 2 || len(hs[0].Deckies) != 2 || len(hs[1].Deckies) != 2 {

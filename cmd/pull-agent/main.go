@@ -9,10 +9,8 @@ import (
 
 func main() { os.Exit(mainWithSignals()) }
 
-// mainWithSignals is the process: run under a context that the first
-// SIGINT or SIGTERM cancels (a clean shutdown: the decky in flight is
-// finished or abandoned, the outbox flushed); the default disposition is
-// then restored, so a second signal ends the process at once.
+// mainWithSignals runs under a context the first SIGINT/SIGTERM cancels (a
+// clean shutdown); the default disposition then returns, so a second ends it.
 func mainWithSignals() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	context.AfterFunc(ctx, stop)
