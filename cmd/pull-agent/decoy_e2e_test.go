@@ -306,12 +306,7 @@ func TestEndToEndDialCheckerFromTheWorker(t *testing.T) {
 // TestEndToEndLANCheckFailsDeclaredPortNotAnswering: a service declaring
 // port 22 but listening on 2222 fails its decky, naming 22/tcp and the
 // service; the honest decky next to it converges.
-//
-// Waiting on wiring: the agent must set apply.Options.LANCheck (see the
-// issue 12 report); until then the pass reports the liar as succeeded.
 func TestEndToEndLANCheckFailsDeclaredPortNotAnswering(t *testing.T) {
-	// Remove this line once package agent sets apply.Options.LANCheck.
-	t.Skip("waiting on wiring: the agent does not set apply.Options.LANCheck yet (issue 12)")
 	w := newWorld(t)
 	commit := w.commit("a decky on the wrong port", [][2]string{{"honest", "ssh"}, {"liar", "liar"}}, w.wrongPortFleet(t))
 	code, out := w.once()
