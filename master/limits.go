@@ -35,7 +35,7 @@ const (
 var (
 	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 	idRE   = regexp.MustCompile(`^[A-Za-z0-9-]{8,64}$`)
-	ops    = map[string]bool{"deploy": true, "mutate": true, "teardown": true, "repair": true}
+	ops    = map[string]bool{"deploy": true, "mutate": true, "teardown": true, "repair": true, "drift": true}
 	states = map[string]bool{"running": true, "succeeded": true, "failed": true, "quarantined": true}
 )
 

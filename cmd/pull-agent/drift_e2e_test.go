@@ -96,8 +96,9 @@ func TestEndToEndIdentityDrift(t *testing.T) {
 		}
 	}
 	if got := w.events(commit); !sameStrings(got, []string{
-		"addr deploy succeeded", "addr repair succeeded", "mac deploy succeeded", "mac repair succeeded", "port deploy succeeded", "port repair succeeded"}) {
-		t.Errorf("master events = %v, want a deploy then a repair of each", got)
+		"addr deploy succeeded", "addr drift failed", "addr repair succeeded", "mac deploy succeeded", "mac drift failed", "mac repair succeeded",
+		"port deploy succeeded", "port drift failed", "port repair succeeded"}) {
+		t.Errorf("master events = %v, want a deploy, the drift and a repair of each", got)
 	}
 	// Repaired: recreated, with the derived MAC, the address and the port.
 	after := w.owned()
