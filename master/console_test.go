@@ -22,6 +22,7 @@ func seedRollout(t testing.TB, st *Store, deckies int) (oldC, newC string) {
 	ctx := context.Background()
 	oldC, newC = strings.Repeat("a", 40), strings.Repeat("b", 40)
 	t0 := time.Now().Add(-time.Hour)
+	now := time.Now() // one reading: a slow machine must not stretch the steps
 	for i := 0; i < 200; i++ {
 		host := fmt.Sprintf("worker-%03d", i)
 		b := body(host)
@@ -45,7 +46,7 @@ func seedRollout(t testing.TB, st *Store, deckies int) (oldC, newC string) {
 			ev.Status, ev.Error = "failed", "container d2-http: exited (1)\nbind: address already in use"
 		}
 		b.Lifecycle = []report.Event{ev}
-		if _, err := st.Record(ctx, &b, "", time.Now().Add(-time.Duration(200-i)*time.Second)); err != nil {
+		if _, err := st.Record(ctx, &b, "", now.Add(-time.Duration(200-i)*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
