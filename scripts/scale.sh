@@ -10,7 +10,10 @@
 #            shallow clone time and disk against a full clone, and the
 #            whole repository's validate time (goal < 2 s)
 #   apply    BenchmarkCreateDeckiesVsRawAPI at SCALE_DECKIES (default
-#            "10 50"; add 250 when the machine has the minutes): agent/raw
+#            "10 50"; add 250 when the machine has the minutes): agent/raw,
+#            and the CPU of the agent and of the Engine in each phase.
+#            SCALE_PROFILE=DIR (absolute) writes a CPU profile and an execution trace
+#            of the agent pass (DIR/<n>/agent.pprof, agent.trace)
 #   noop     BenchmarkNoOpOnceAtScale at the same sizes: a no-op `once`
 #            process against git ls-remote + one container listing, and
 #            the daemon's RSS after converging (idle-rss)
@@ -19,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PATH,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE,RUNS,SCALE_DECKIES "$0" "$@"
+  exec sudo --preserve-env=PATH,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE,RUNS,SCALE_DECKIES,SCALE_PROFILE "$0" "$@"
 fi
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 RUNS=${RUNS:-7}
@@ -138,14 +141,14 @@ EOF
 section_apply() {
   for n in $SCALE_DECKIES; do
     echo "== apply at $n deckies (agent pass vs raw Engine API, same containers, same parallelism)"
-    SCALE_N=$n go test -run '^$' -bench '^BenchmarkCreateDeckiesVsRawAPI$' -benchtime 1x -count 1 -timeout 60m ./cmd/pull-agent | grep -E '^(Benchmark|ok|FAIL|---)'
+    SCALE_N=$n SCALE_PROFILE=${SCALE_PROFILE:+$SCALE_PROFILE/$n} go test -run '^$' -bench '^BenchmarkCreateDeckiesVsRawAPI$' -benchtime 1x -count 1 -timeout 60m ./cmd/pull-agent | grep -E '^(Benchmark|ok|FAIL|---|panic)|_test.go:[0-9]+:'
   done
 }
 
 section_noop() {
   for n in $SCALE_DECKIES; do
     echo "== no-op once at $n deckies (process) vs git ls-remote + one container listing; daemon idle RSS"
-    SCALE_N=$n go test -run '^$' -bench '^BenchmarkNoOpOnceAtScale$' -benchtime 5x -count 1 -timeout 60m ./cmd/pull-agent | grep -E '^(Benchmark|ok|FAIL|---)'
+    SCALE_N=$n go test -run '^$' -bench '^BenchmarkNoOpOnceAtScale$' -benchtime 5x -count 1 -timeout 60m ./cmd/pull-agent | grep -E '^(Benchmark|ok|FAIL|---|panic)|_test.go:[0-9]+:'
   done
 }
 
