@@ -4,24 +4,23 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/decnet/pull-agent/internal/cliconf"
 )
 
-// UsageError is a command line the master cannot run with (exit 2).
-type UsageError struct{ Msg string }
-
-func (e *UsageError) Error() string { return e.Msg }
+// UsageError is a command line the master cannot run with. It is the
+// flag layer's own (internal/cliconf), so one error type serves every
+// command of the binary.
+type UsageError = cliconf.UsageError
 
 func usagef(format string, args ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, args...)}
@@ -37,104 +36,12 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return serveCommand(ctx, args, stdout, stderr)
 }
 
-// commandFlags wraps a FlagSet so that every flag has an environment
-// variable (PULL_AGENT_<NAME>) as its default, named in -h, like every
-// other pull-agent command.
-type commandFlags struct {
-	fs   *flag.FlagSet
-	errs []string
-}
-
-func newCommandFlags(name, usage string, out io.Writer) *commandFlags {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: pull-agent %s\n\nFlags (each also read from the environment variable shown):\n", usage)
-		fs.PrintDefaults()
-	}
-	return &commandFlags{fs: fs}
-}
-
-func envName(flagName string) string {
-	return "PULL_AGENT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-func (f *commandFlags) help(name, usage string) string {
-	return fmt.Sprintf("%s (env %s)", usage, envName(name))
-}
-
-func (f *commandFlags) String(p *string, name, def, usage string) {
-	if v, ok := os.LookupEnv(envName(name)); ok {
-		def = v
-	}
-	f.fs.StringVar(p, name, def, f.help(name, usage))
-}
-
-func (f *commandFlags) Bool(p *bool, name string, def bool, usage string) {
-	if v, ok := os.LookupEnv(envName(name)); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Sprintf("%s=%q is not a boolean", envName(name), v))
-		}
-		def = b
-	}
-	f.fs.BoolVar(p, name, def, f.help(name, usage))
-}
-
-func (f *commandFlags) Duration(p *time.Duration, name string, def time.Duration, usage string) {
-	if v, ok := os.LookupEnv(envName(name)); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Sprintf("%s=%q is not a duration", envName(name), v))
-		}
-		def = d
-	}
-	f.fs.DurationVar(p, name, def, f.help(name, usage))
-}
-
-// Parse parses args, allowing flags after positional arguments
-// (`token add worker-a --db …`), and reports bad environment values.
-func (f *commandFlags) Parse(args []string) (positional []string, err error) {
-	for {
-		if err := f.fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, usagef("%v", err)
-		}
-		args = f.fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		positional = append(positional, args[0])
-		args = args[1:]
-	}
-	if len(f.errs) > 0 {
-		return nil, usagef("%s", strings.Join(f.errs, "; "))
-	}
-	return positional, nil
-}
-
-type logOptions struct{ level, format string }
-
-func (o *logOptions) bind(f *commandFlags) {
-	f.String(&o.level, "log-level", "info", "log level: debug, info, warn or error")
-	f.String(&o.format, "log-format", "text", "log format: text or json")
-}
-
-func (o *logOptions) logger(w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(o.level)); err != nil {
-		return nil, usagef("--log-level %q: %v", o.level, err)
-	}
-	hopt := &slog.HandlerOptions{Level: lvl}
-	switch strings.ToLower(o.format) {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, hopt)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, hopt)), nil
-	}
-	return nil, usagef("--log-format %q: want text or json", o.format)
+// newCommandFlags returns a flag set in which every flag has an
+// environment variable (PULL_AGENT_<NAME>) as its default, named in -h,
+// like every other pull-agent command (internal/cliconf); the master reads
+// no config file.
+func newCommandFlags(name, usage string, out io.Writer) *cliconf.Flags {
+	return cliconf.Env(name, usage, out)
 }
 
 const dbHelp = "the store: a SQLite file path, or a postgres://user:pass@host/db URL (PostgreSQL, which several masters may share)"
@@ -155,12 +62,12 @@ type ServeConfig struct {
 
 func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
-		lo     logOptions
+		lo     cliconf.LogOptions
 		c      ServeConfig
 		retain string
 	)
 	f := newCommandFlags("master", "master [flags]\n       pull-agent master token add|list|revoke … (see 'pull-agent master token -h')", stderr)
-	lo.bind(f)
+	lo.Bind(f)
 	f.String(&c.Listen, "listen", "127.0.0.1:8770", "address to listen on")
 	f.String(&c.DB, "db", "pull-agent-master.db", dbHelp)
 	f.Duration(&c.StaleAfter, "stale-after", 3*time.Minute, "a host is stale when its last heartbeat is older than this")
@@ -172,7 +79,7 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	f.Bool(&c.LoopbackReads, "loopback-reads", true, "readers connecting from loopback need no credential; turn off behind a reverse proxy on this machine")
 	f.String(&retain, "retain", "", "lifecycle history to keep: age=90d and/or count=N per host, comma-separated (empty: everything)")
 	f.Duration(&c.RetainEvery, "retain-every", 10*time.Minute, "how often retention runs")
-	pos, err := f.Parse(args)
+	pos, err := f.ParseInterleaved(args)
 	if err != nil {
 		return err
 	}
@@ -182,7 +89,7 @@ func serveCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if c.Retain, err = ParseRetain(retain); err != nil {
 		return usagef("%v", err)
 	}
-	log, err := lo.logger(stderr)
+	log, err := lo.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -354,12 +261,12 @@ func tokenCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	f.String(&db, "db", "pull-agent-master.db", dbHelp)
 	f.Bool(&operator, "operator", false, "the token is an operator's (reads the API and page) rather than a host's (reports as that host)")
 	f.String(&id, "id", "", "revoke: only the token with this id (see list)")
-	pos, err := f.Parse(args)
+	pos, err := f.ParseInterleaved(args)
 	if err != nil {
 		return err
 	}
 	if len(pos) == 0 {
-		f.fs.Usage()
+		f.FS.Usage()
 		return usagef("token: want add, list or revoke")
 	}
 	kind := AgentToken

@@ -1,16 +1,3 @@
-// Package cliconf layers a command's configuration: a flag on the command
-// line wins over its environment variable (PULL_AGENT_<NAME>), which wins
-// over the key of the same name in an optional YAML config file, which
-// wins over the built-in default. Every flag names its variable in -h.
-//
-// The file maps keys one-to-one to flag names (`state-dir: /srv/agent`,
-// `repo: [https://a, /mnt/b]`). A key no flag knows, or a value of the
-// wrong type, is an error naming the file, line and key.
-//
-// # Boundaries
-//
-// It reads the config file and the environment; it knows nothing of the
-// agent. Errors are *UsageError.
 package cliconf
 
 import (
@@ -95,13 +82,35 @@ type Flags struct {
 	errs   []string
 }
 
-// New returns an empty set; file may be nil.
+// New returns an empty set of a command that reads a config file; file
+// may be nil (none found).
 func New(name, usageLine string, out io.Writer, file *File) *Flags {
+	return newFlags(name, usageLine, out, file, " and the config file's key of the same name")
+}
+
+// Env returns an empty set of a command that reads no config file: flag >
+// environment > default.
+func Env(name, usageLine string, out io.Writer) *Flags {
+	return newFlags(name, usageLine, out, nil, "")
+}
+
+// FlagSetObserver is an output writer that wants each flag set made with
+// it: internal/completion runs a command with -h and such a writer, and so
+// learns the flags the command really has.
+type FlagSetObserver interface {
+	io.Writer
+	ObserveFlagSet(*flag.FlagSet)
+}
+
+func newFlags(name, usageLine string, out io.Writer, file *File, fileHelp string) *Flags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: pull-agent %s\n\nFlags (each also read from the environment variable shown, and the config file's key of the same name):\n", usageLine)
+		fmt.Fprintf(out, "usage: pull-agent %s\n\nFlags (each also read from the environment variable shown%s):\n", usageLine, fileHelp)
 		fs.PrintDefaults()
+	}
+	if o, ok := out.(FlagSetObserver); ok {
+		o.ObserveFlagSet(fs)
 	}
 	return &Flags{FS: fs, file: file, source: map[string]string{}}
 }
@@ -229,6 +238,23 @@ func (f *Flags) Parse(args []string, known ...string) error {
 		return usage("%s", strings.Join(f.errs, "; "))
 	}
 	return nil
+}
+
+// ParseInterleaved parses args in which flags may also follow or sit
+// between positional arguments (`token add worker-a --db m.db`,
+// `validate DIR --host h`), and returns the positional ones in order.
+func (f *Flags) ParseInterleaved(args []string, known ...string) (positional []string, err error) {
+	for {
+		if err := f.Parse(args, known...); err != nil {
+			return nil, err
+		}
+		args = f.FS.Args()
+		if len(args) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
 }
 
 // Source says where a flag's value came from: flag, env NAME, FILE:LINE
