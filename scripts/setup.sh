@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what pull-agent's demo and tests need on a Debian 12
 # machine with Go: Docker Engine (Debian's docker.io), git, iproute2, curl,
-# gnupg and ssh-keygen (signed-commit tests) and chromium (the status page
-# test). Idempotent: anything already present is left alone.
+# gnupg and ssh-keygen (signed-commit tests), chromium (the status page
+# test) and zsh (the completion script's check). Idempotent: anything already present is left alone.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -16,6 +16,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+# The zsh completion script is checked with zsh -n (internal/completion).
+command -v zsh >/dev/null 2>&1 || need+=(zsh)
 # The master's status page is tested in a real headless browser.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
