@@ -149,8 +149,8 @@ func (w *walker) decky(n *yaml.Node, field string) *Decky {
 	ok := w.fields(n, field, []string{"name", "services"}, map[string]func(pair){
 		"name": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if !NameRE.MatchString(s) {
-					w.fail(p.v, p.field, "decky name %q must match %s", s, NameRE)
+				if !NameRE().MatchString(s) {
+					w.fail(p.v, p.field, "decky name %q must match %s", s, NameRE())
 					return
 				}
 				d.Name = s
@@ -190,7 +190,7 @@ func (w *walker) decky(n *yaml.Node, field string) *Decky {
 		},
 		"hostname": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if len(s) > 63 || !hostnameRE.MatchString(s) {
+				if len(s) > 63 || !hostnameRE().MatchString(s) {
 					w.fail(p.v, p.field, "%q is not a valid hostname (letters, digits, '-', '.', at most 63 characters)", s)
 					return
 				}
@@ -199,8 +199,8 @@ func (w *walker) decky(n *yaml.Node, field string) *Decky {
 		},
 		"archetype": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if !NameRE.MatchString(s) {
-					w.fail(p.v, p.field, "archetype %q must match %s", s, NameRE)
+				if !NameRE().MatchString(s) {
+					w.fail(p.v, p.field, "archetype %q must match %s", s, NameRE())
 				}
 				d.Archetype = s
 			}

@@ -2,7 +2,6 @@ package desired
 
 import (
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -41,8 +40,8 @@ func DefaultLimits() Limits {
 }
 
 var (
-	memoryRE = regexp.MustCompile(`^([0-9]{1,12})([kKmMgG])$`)
-	cpusRE   = regexp.MustCompile(`^([0-9]{1,3})(?:\.([0-9]{1,9}))?$`)
+	memoryRE = lazyRE(`^([0-9]{1,12})([kKmMgG])$`)
+	cpusRE   = lazyRE(`^([0-9]{1,3})(?:\.([0-9]{1,9}))?$`)
 )
 
 // limits decodes a catalog service's limits block over the defaults.
@@ -97,7 +96,7 @@ func (w *walker) limits(n *yaml.Node, field string, l *Limits) {
 // ParseMemory parses a memory size as the catalog writes it: an integer
 // and a binary unit k, m or g ("256m"). The message is empty on success.
 func ParseMemory(s string) (int64, string) {
-	m := memoryRE.FindStringSubmatch(s)
+	m := memoryRE().FindStringSubmatch(s)
 	if m == nil {
 		return 0, `is not a size: write an integer and a unit k, m or g (binary), such as "256m"`
 	}
@@ -113,7 +112,7 @@ func ParseMemory(s string) (int64, string) {
 // billionths of a CPU, exactly (no floating point). The message is empty
 // on success.
 func ParseCPUs(s string) (int64, string) {
-	m := cpusRE.FindStringSubmatch(s)
+	m := cpusRE().FindStringSubmatch(s)
 	if m == nil {
 		return 0, "is not a decimal number of CPUs such as 0.5 or 2"
 	}

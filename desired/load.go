@@ -164,8 +164,8 @@ func (l *loader) hostFiles() []fs.DirEntry {
 		case ext != ".yaml":
 			continue
 		}
-		if stem := strings.TrimSuffix(name, ".yaml"); !NameRE.MatchString(stem) {
-			add(file, "host name %q must match %s", stem, NameRE)
+		if stem := strings.TrimSuffix(name, ".yaml"); !NameRE().MatchString(stem) {
+			add(file, "host name %q must match %s", stem, NameRE())
 			continue
 		}
 		if t := e.Type(); !t.IsRegular() {
@@ -324,8 +324,8 @@ func parseFleet(f *Fleet, data []byte, l *loader) bool {
 		"distros": func(p pair) {
 			ps, _ := w.pairs(p.v, p.field)
 			for _, e := range ps {
-				if !NameRE.MatchString(e.key) {
-					w.fail(e.k, e.field, "distro name must match %s", NameRE)
+				if !NameRE().MatchString(e.key) {
+					w.fail(e.k, e.field, "distro name must match %s", NameRE())
 					continue
 				}
 				d := &Distro{Name: e.key, Pos: w.pos(e.k)}
@@ -336,8 +336,8 @@ func parseFleet(f *Fleet, data []byte, l *loader) bool {
 		"services": func(p pair) {
 			ps, _ := w.pairs(p.v, p.field)
 			for _, e := range ps {
-				if !NameRE.MatchString(e.key) {
-					w.fail(e.k, e.field, "service name must match %s", NameRE)
+				if !NameRE().MatchString(e.key) {
+					w.fail(e.k, e.field, "service name must match %s", NameRE())
 					continue
 				}
 				s := &Service{Name: e.key, Pos: w.pos(e.k), Config: map[string]*ConfigKey{}}
@@ -353,8 +353,8 @@ func (w *walker) defaults(n *yaml.Node, field string, d *Defaults) {
 	w.fields(n, field, nil, map[string]func(pair){
 		"compose_project": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if !NameRE.MatchString(s) {
-					w.fail(p.v, p.field, "%q must match %s", s, NameRE)
+				if !NameRE().MatchString(s) {
+					w.fail(p.v, p.field, "%q must match %s", s, NameRE())
 				}
 				d.ComposeProject = s
 			}
@@ -375,7 +375,7 @@ func (w *walker) network(node *yaml.Node, field string, n *Network, at *netPos) 
 	w.fields(node, field, nil, map[string]func(pair){
 		"name": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if !dockerNameRE.MatchString(s) {
+				if !dockerNameRE().MatchString(s) {
 					w.fail(p.v, p.field, "%q is not a valid Docker network name", s)
 				}
 				n.Name = s
@@ -391,7 +391,7 @@ func (w *walker) network(node *yaml.Node, field string, n *Network, at *netPos) 
 		},
 		"interface": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if s != Auto && !ifaceRE.MatchString(s) {
+				if s != Auto && !ifaceRE().MatchString(s) {
 					w.fail(p.v, p.field, "%q is not a valid interface name (or \"auto\")", s)
 				}
 				n.Interface = s
@@ -464,7 +464,7 @@ func (w *walker) source(p pair, src *Source) bool {
 						b.Dockerfile = s
 					}
 				},
-				"args": func(q pair) { b.Args = w.strMap(q.v, q.field, envRE.MatchString, "a build-arg name") },
+				"args": func(q pair) { b.Args = w.strMap(q.v, q.field, envRE().MatchString, "a build-arg name") },
 			})
 		}
 		if b.Context != "" {
@@ -607,14 +607,14 @@ func (w *walker) service(n *yaml.Node, field string, s *Service) {
 			}
 		},
 		"environment": func(p pair) {
-			s.Environment = w.strMap(p.v, p.field, envRE.MatchString, "an environment variable name")
+			s.Environment = w.strMap(p.v, p.field, envRE().MatchString, "an environment variable name")
 		},
 		"command": func(p pair) { s.Command = w.command(p) },
 		"config": func(p pair) {
 			ps, _ := w.pairs(p.v, p.field)
 			for _, e := range ps {
-				if !configKeyRE.MatchString(e.key) {
-					w.fail(e.k, e.field, "config key must match %s", configKeyRE)
+				if !configKeyRE().MatchString(e.key) {
+					w.fail(e.k, e.field, "config key must match %s", configKeyRE())
 					continue
 				}
 				s.Config[e.key] = w.configKey(e)
@@ -684,7 +684,7 @@ func (w *walker) configKey(e pair) *ConfigKey {
 		},
 		"env": func(p pair) {
 			if s, ok := w.str(p.v, p.field); ok {
-				if !envRE.MatchString(s) {
+				if !envRE().MatchString(s) {
 					w.fail(p.v, p.field, "%q is not an environment variable name", s)
 				}
 				k.Env = s

@@ -2,7 +2,6 @@ package desired
 
 import (
 	"bytes"
-	"regexp"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
@@ -14,10 +13,10 @@ import (
 const maxLocateBytes = 8 << 20
 
 // readerErrorRE matches yaml.v3's reader errors about UTF-8 input.
-var readerErrorRE = regexp.MustCompile(`^yaml: (invalid leading UTF-8 octet|incomplete UTF-8 octet sequence|invalid trailing UTF-8 octet|invalid length of a UTF-8 sequence|invalid Unicode character|control characters are not allowed)$`)
+var readerErrorRE = lazyRE(`^yaml: (invalid leading UTF-8 octet|incomplete UTF-8 octet sequence|invalid trailing UTF-8 octet|invalid length of a UTF-8 sequence|invalid Unicode character|control characters are not allowed)$`)
 
 // unknownAnchorRE matches yaml.v3's message for an alias without anchor.
-var unknownAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' referenced$`)
+var unknownAnchorRE = lazyRE(`^yaml: unknown anchor '(.*)' referenced$`)
 
 // locateError finds the line of a yaml.v3 error that carries none: the
 // reader's (invalid UTF-8, control characters) directly from the bytes,
@@ -27,7 +26,7 @@ var unknownAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' reference
 // with that message exactly when it holds the offending token: the search
 // is monotonic. Returns 0 when the line cannot be found.
 func (l *loader) locateError(data []byte, msg string) int {
-	if readerErrorRE.MatchString(msg) {
+	if readerErrorRE().MatchString(msg) {
 		if line := readerErrorLine(data); line > 0 {
 			return line
 		}
@@ -52,7 +51,7 @@ func (l *loader) locateError(data []byte, msg string) int {
 	}
 	// An unknown anchor is nearly always at the first "*name": try it
 	// before searching (two parses instead of about twenty).
-	if m := unknownAnchorRE.FindStringSubmatch(msg); m != nil {
+	if m := unknownAnchorRE().FindStringSubmatch(msg); m != nil {
 		if i := bytes.Index(data, []byte("*"+m[1])); i >= 0 {
 			n := lineOf(starts, i)
 			if fails(n) && (n == 1 || !fails(n-1)) {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -70,7 +71,7 @@ func (s *Server) behindPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = behindTmpl.Execute(w, map[string]any{"Commit": r.PathValue("commit"), "Rows": rows, "Next": nextLink(r, "after", next)})
+	_ = behindTmpl().Execute(w, map[string]any{"Commit": r.PathValue("commit"), "Rows": rows, "Next": nextLink(r, "after", next)})
 }
 
 // HostDetail is one host's page as JSON.
@@ -192,8 +193,8 @@ pre{margin:0;white-space:pre-wrap;max-width:60em}dl{display:grid;grid-template-c
 .num{font-size:1.4em;font-weight:bold}nav a{margin-right:1em}.behind-why{min-width:20em}
 </style>`
 
-var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{.Host.Host}} · pull-agent master</title>` + consoleStyle + `</head><body>
+var hostTmpl = lazyTemplate("host", `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.Host.Host}} · pull-agent master</title>`+consoleStyle+`</head><body>
 <nav><a href="/">fleet</a></nav>
 <main>
 <h1>{{.Host.Host}}</h1>
@@ -231,10 +232,10 @@ var hostTmpl = template.Must(template.New("host").Funcs(consoleFuncs).Parse(`<!d
 </table>
 {{with .EventsNext}}<p><a href="{{.}}">older events</a></p>{{end}}
 </main></body></html>
-`))
+`)
 
-var deckyTmpl = template.Must(template.New("decky").Funcs(consoleFuncs).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{.Decky}} on {{.Host}} · pull-agent master</title>` + consoleStyle + `</head><body>
+var deckyTmpl = lazyTemplate("decky", `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.Decky}} on {{.Host}} · pull-agent master</title>`+consoleStyle+`</head><body>
 <nav><a href="/">fleet</a><a href="/hosts/{{esc .Host}}">{{.Host}}</a></nav>
 <main>
 <h1>{{.Decky}} <small>on {{.Host}}</small></h1>
@@ -244,10 +245,10 @@ var deckyTmpl = template.Must(template.New("decky").Funcs(consoleFuncs).Parse(`<
 </table>
 {{with .Next}}<p><a href="{{.}}">older events</a></p>{{end}}
 </main></body></html>
-`))
+`)
 
-var behindTmpl = template.Must(template.New("behind").Funcs(consoleFuncs).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>behind {{short .Commit}} · pull-agent master</title>` + consoleStyle + `</head><body>
+var behindTmpl = lazyTemplate("behind", `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>behind {{short .Commit}} · pull-agent master</title>`+consoleStyle+`</head><body>
 <nav><a href="/">fleet</a></nav>
 <main>
 <h1>Workers behind {{short .Commit}}</h1>
@@ -258,7 +259,7 @@ var behindTmpl = template.Must(template.New("behind").Funcs(consoleFuncs).Parse(
 </table>
 {{with .Next}}<p><a id="behind-next" href="{{.}}">more workers</a></p>{{end}}
 </main></body></html>
-`))
+`)
 
 // nextLink is the current URL with param set to next ("" when none).
 func nextLink(r *http.Request, param, next string) string {
@@ -282,7 +283,7 @@ func (s *Server) hostPage(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = hostTmpl.Execute(w, map[string]any{
+	_ = hostTmpl().Execute(w, map[string]any{
 		"Host": d.Host, "Troubled": d.Troubled, "TroubledNext": nextLink(r, "troubled", d.TroubledNext), "Drifted": d.Drifted, "Deckies": d.Deckies, "DeckiesNext": nextLink(r, "deckies", d.DeckiesNext),
 		"Events": d.Events, "EventsNext": nextLink(r, "events", d.EventsNext),
 		"Filter":     map[string]string{"Decky": q.Get("decky"), "Status": q.Get("status"), "Operation": q.Get("operation"), "Since": q.Get("since")},
@@ -298,6 +299,13 @@ func (s *Server) deckyPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = deckyTmpl.Execute(w, map[string]any{"Host": r.PathValue("host"), "Decky": r.PathValue("decky"),
+	_ = deckyTmpl().Execute(w, map[string]any{"Host": r.PathValue("host"), "Decky": r.PathValue("decky"),
 		"Events": rows, "Next": nextLink(r, "after", next)})
+}
+
+// lazyTemplate parses a console page on first use (see lazyRE).
+func lazyTemplate(name, text string) func() *template.Template {
+	return sync.OnceValue(func() *template.Template {
+		return template.Must(template.New(name).Funcs(consoleFuncs).Parse(text))
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"sync"
 
 	"github.com/decnet/pull-agent/report"
 )
@@ -33,8 +34,8 @@ const (
 )
 
 var (
-	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	idRE   = regexp.MustCompile(`^[A-Za-z0-9-]{8,64}$`)
+	nameRE = lazyRE(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	idRE   = lazyRE(`^[A-Za-z0-9-]{8,64}$`)
 	ops    = map[string]bool{"deploy": true, "mutate": true, "teardown": true, "repair": true, "drift": true}
 	states = map[string]bool{"running": true, "succeeded": true, "failed": true, "quarantined": true}
 )
@@ -116,11 +117,11 @@ func tooLong(field string, got, limit int) string {
 // checkEvent returns the field at fault in one event and why, or "", "".
 func checkEvent(e *report.Event, host string) (field, reason string) {
 	switch {
-	case !idRE.MatchString(e.EventID):
+	case !idRE().MatchString(e.EventID):
 		return "event_id", fmt.Sprintf("event_id %q: want 8 to 64 letters, digits or '-'", truncate(e.EventID, 80))
 	case e.Seq == 0 || e.Seq > MaxSeq:
 		return "seq", fmt.Sprintf("seq %d: out of range 1..%d", e.Seq, uint64(MaxSeq))
-	case !nameRE.MatchString(e.DeckyName):
+	case !nameRE().MatchString(e.DeckyName):
 		return "decky_name", fmt.Sprintf("decky_name %q is invalid", truncate(e.DeckyName, 80))
 	case !ops[e.Operation]:
 		return "operation", fmt.Sprintf("operation %q is not deploy, mutate, teardown or repair", truncate(e.Operation, 80))
@@ -148,7 +149,7 @@ func checkHeartbeat(h *report.Heartbeat) error {
 		value string
 		limit int
 	}
-	if !nameRE.MatchString(h.Host) {
+	if !nameRE().MatchString(h.Host) {
 		return fmt.Errorf("host %q is not a valid host name (lower-case letters, digits and '-', at most 63)", truncate(h.Host, 80))
 	}
 	fields := []field{
@@ -167,7 +168,7 @@ func checkHeartbeat(h *report.Heartbeat) error {
 	}
 	for i, d := range h.Status.Deckies {
 		p := fmt.Sprintf("status.deckies[%d].", i)
-		if !nameRE.MatchString(d.Name) {
+		if !nameRE().MatchString(d.Name) {
 			return fmt.Errorf("%sname %q is invalid", p, truncate(d.Name, 80))
 		}
 		if len(d.Services) > MaxServices {
@@ -183,7 +184,7 @@ func checkHeartbeat(h *report.Heartbeat) error {
 	}
 	for name, rt := range h.Status.Runtime {
 		p := fmt.Sprintf("status.runtime[%q].", truncate(name, 80))
-		if !nameRE.MatchString(name) {
+		if !nameRE().MatchString(name) {
 			return fmt.Errorf("status.runtime: decky name %q is invalid", truncate(name, 80))
 		}
 		if len(rt.Services) > MaxServices {
@@ -208,4 +209,11 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// lazyRE compiles pattern on first use: package-level regexps and
+// templates are built when the process starts, by every command (the
+// agent's once and version too, since everything links into one binary).
+func lazyRE(pattern string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(pattern) })
 }

@@ -1,7 +1,6 @@
 package master
 
 import (
-	"html/template"
 	"net/http"
 	"net/url"
 )
@@ -14,9 +13,9 @@ const (
 	pageFailures = 50
 )
 
-var pageTmpl = template.Must(template.New("page").Funcs(consoleFuncs).Parse(`<!doctype html>
+var pageTmpl = lazyTemplate("page", `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pull-agent master</title>
-<meta http-equiv="refresh" content="10">` + consoleStyle + `</head><body>
+<meta http-equiv="refresh" content="10">`+consoleStyle+`</head><body>
 <main>
 <h1>pull-agent master</h1>
 <section id="summary" aria-label="fleet summary">
@@ -51,7 +50,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(consoleFuncs).Parse(`<!d
 </table>
 {{with .FailuresNext}}<p><a id="failures-next" href="{{.}}">older failures</a></p>{{end}}
 </main></body></html>
-`))
+`)
 
 // page renders the status page: one page of hosts, one of deckies, and
 // the newest failures across all hosts. Each table pages on its own
@@ -96,7 +95,7 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 		return "/?" + v.Encode()
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = pageTmpl.Execute(w, map[string]any{
+	_ = pageTmpl().Execute(w, map[string]any{
 		"Summary": sum, "Rollouts": rollouts, "Total": sum.Workers.Fresh + sum.Workers.Stale,
 		"Hosts": hosts, "HostsNext": link("hosts", hostsNext),
 		"Deckies": deckies, "DeckiesNext": link("deckies", deckiesNext),

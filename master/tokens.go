@@ -50,7 +50,7 @@ func (s *Store) AddToken(ctx context.Context, kind, name string, now time.Time) 
 	if kind != AgentToken && kind != OperatorToken {
 		return "", TokenInfo{}, fmt.Errorf("token kind %q is not %s or %s", kind, AgentToken, OperatorToken)
 	}
-	if !nameRE.MatchString(name) {
+	if !nameRE().MatchString(name) {
 		return "", TokenInfo{}, fmt.Errorf("name %q: want a host name (lower-case letters, digits and '-', at most 63)", name)
 	}
 	var idb [6]byte

@@ -118,8 +118,8 @@ func (c *agentConfig) validate() error {
 	switch {
 	case len(c.repos) == 0:
 		return usageErr("no fleet repository: set --repo or PULL_AGENT_REPO")
-	case c.host == "" || !desired.NameRE.MatchString(c.host):
-		return usageErr("--host %q must match %s", c.host, desired.NameRE)
+	case c.host == "" || !desired.NameRE().MatchString(c.host):
+		return usageErr("--host %q must match %s", c.host, desired.NameRE())
 	case c.stateDir == "":
 		return usageErr("--state-dir is empty")
 	case c.parallel < 1:
