@@ -18,6 +18,8 @@ import (
 	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/hostnet"
+	"github.com/decnet/pull-agent/internal/buildinfo"
+	"github.com/decnet/pull-agent/internal/completion"
 	"github.com/decnet/pull-agent/internal/state"
 	"github.com/decnet/pull-agent/report"
 	fleetsync "github.com/decnet/pull-agent/sync"
@@ -128,16 +130,9 @@ func cmdValidate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	f := newFlags("validate", "validate [--host NAME] DIR", stderr)
 	var host string
 	f.String(&host, "host", "", "also require hosts/<NAME>.yaml to exist")
-	if err := f.Parse(args); err != nil {
+	dirs, err := f.ParseInterleaved(args) // flags may follow the directory
+	if err != nil {
 		return exitCode(err, stderr)
-	}
-	// Flags may follow the directory too: parse what is left once more.
-	dirs := f.FS.Args()
-	if len(dirs) > 1 {
-		if err := f.Parse(dirs[1:]); err != nil {
-			return exitCode(err, stderr)
-		}
-		dirs = append(dirs[:1], f.FS.Args()...)
 	}
 	if len(dirs) != 1 {
 		f.FS.Usage()
@@ -206,7 +201,7 @@ func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		yes bool
 	)
 	f := newFlags("reap", "reap --yes [--decky NAME] [flags]", stderr)
-	lo.bind(f)
+	lo.Bind(f)
 	f.String(&opt.Host, "host", defaultHost(), "agent identity whose containers are removed")
 	f.List(&opt.Networks, "network", "owned Docker networks to remove (default decnet_lan)")
 	f.List(&opt.Helpers, "helper", "owned host helper links to remove (default decnet_macvlan0, decnet_ipvlan0)")
@@ -219,7 +214,7 @@ func cmdReap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if !yes {
 		return usageErr("reap removes the deckies of host %q; pass --yes to confirm", opt.Host)
 	}
-	log, err := lo.logger(stderr)
+	log, err := lo.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -282,3 +277,29 @@ func cmdConfig(args []string, stdout, stderr io.Writer) error {
 	}
 	return f.Show(stdout, fleetsync.Redact, "config", "json")
 }
+
+func cmdVersion(args []string, stdout, stderr io.Writer) error {
+	var asJSON bool
+	f := newFlags("version", "version [--json]", stderr)
+	f.Bool(&asJSON, "json", false, "print JSON: version, commit, build_date, go, os, arch")
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	return buildinfo.Read().Write(stdout, asJSON)
+}
+
+// cmdCompletion prints a completion script built from the commands' real
+// flag sets: each command of the spec runs with -h (internal/completion).
+func cmdCompletion(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) != 1 || (args[0] != "bash" && args[0] != "zsh") {
+		return usageErr("usage: pull-agent completion bash|zsh  (e.g. source <(pull-agent completion bash))")
+	}
+	root, err := completion.Build("pull-agent", completionSpec, func(path []string, out io.Writer) { run(ctx, append(path, "-h"), out, out) })
+	if err != nil {
+		return err
+	}
+	return completion.Write(stdout, args[0], root)
+}
+
+var completionSpec = []string{"once", "run", "plan", "validate", "master", "master token: add list revoke", "status", "reap",
+	"config", "config show", "suspend", "resume", "version", "completion: bash zsh", "help"}

@@ -68,7 +68,7 @@ type agentConfig struct {
 }
 
 func (c *agentConfig) bind(f *flags) {
-	c.log.bind(f)
+	c.log.Bind(f)
 	f.String(&c.config, "config", defaultConfig, "YAML file of flag-name keys (read when present; flag > env > file)")
 	f.List(&c.repos, "repo", "fleet repository URL: https://, file:// or a path to a bare mirror; tried in order")
 	f.String(&c.ref, "ref", "main", "branch (or full ref such as refs/tags/v3) to follow")
@@ -164,7 +164,7 @@ func parseAgentFlags(name string, args []string, stderr io.Writer) (*agentConfig
 }
 
 func parseAgentFlagSet(name string, args []string, stderr io.Writer) (*agentConfig, *flags, error) {
-	file, err := configFile(args)
+	file, err := cliconf.Locate(args, defaultConfig)
 	if err != nil {
 		return nil, nil, err
 	}

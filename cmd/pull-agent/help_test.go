@@ -3,13 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/decnet/pull-agent/agent"
+	"github.com/decnet/pull-agent/internal/cliconf"
 )
 
 // Every flag of every command names its environment variable in --help.
@@ -32,7 +38,7 @@ func TestEveryFlagHasAnEnvironmentVariable(t *testing.T) {
 			if i+1 < len(lines) {
 				text += lines[i+1]
 			}
-			want := "(env " + envName(m[1]) + ")"
+			want := "(env " + cliconf.EnvName(m[1]) + ")"
 			if !strings.Contains(text, want) {
 				t.Errorf("%s -%s: help does not name %s:\n%s", cmd, m[1], want, text)
 			}
@@ -134,5 +140,100 @@ func TestSuspendAndResumeCommands(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, agent.SuspendFile)); !os.IsNotExist(err) {
 		t.Fatalf("suspend file after resume: %v", err)
+	}
+}
+
+// version --json names the build; plain version keeps its first words.
+func TestVersionCommand(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"version", "--json"}, &out, &out); code != 0 {
+		t.Fatalf("version --json: exit %d\n%s", code, out.String())
+	}
+	var v map[string]string
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil {
+		t.Fatalf("version --json is not JSON: %v\n%s", err, out.String())
+	}
+	for _, k := range []string{"version", "commit", "build_date", "go", "os", "arch"} {
+		if v[k] == "" {
+			t.Errorf("version --json: %q missing: %s", k, out.String())
+		}
+	}
+	if v["version"] != version || v["go"] != runtime.Version() || v["arch"] != runtime.GOARCH {
+		t.Errorf("version --json: %v (version %s)", v, version)
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"version"}, &out, &out); code != 0 || !strings.HasPrefix(out.String(), "pull-agent "+version+" ") {
+		t.Errorf("version: exit %d %q", code, out.String())
+	}
+}
+
+// The completion scripts come from the commands' real flag sets: for
+// every command of `pull-agent help`, what bash completes after `--` is
+// exactly the flags its -h lists; both scripts pass the shells' syntax
+// check (zsh's only where zsh is installed, which CI's setup does).
+func TestCompletionMatchesTheFlagSets(t *testing.T) {
+	scripts := map[string]string{}
+	for _, shell := range []string{"bash", "zsh"} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), []string{"completion", shell}, &out, &errOut); code != 0 {
+			t.Fatalf("completion %s: exit %d\n%s", shell, code, errOut.String())
+		}
+		scripts[shell] = filepath.Join(t.TempDir(), "pull-agent."+shell)
+		if err := os.WriteFile(scripts[shell], out.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := exec.LookPath(shell); err != nil && shell == "zsh" && os.Getenv("CI") != "true" {
+			t.Logf("zsh is not installed: the zsh script's syntax is not checked (scripts/setup.sh installs zsh)")
+			continue
+		}
+		if out, err := exec.Command(shell, "-n", scripts[shell]).CombinedOutput(); err != nil {
+			t.Fatalf("%s -n: %v\n%s", shell, err, out)
+		}
+	}
+	if code := run(context.Background(), []string{"completion", "fish"}, io.Discard, io.Discard); code != exitUsage {
+		t.Errorf("completion fish: exit %d, want %d", code, exitUsage)
+	}
+	bashComplete := func(words ...string) []string {
+		prog := `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _pull_agent; printf '%s\n' "${COMPREPLY[@]}"`
+		out, err := exec.Command("bash", append([]string{"-c", prog, "bash", scripts["bash"], "pull-agent"}, words...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("completing %q: %v\n%s", words, err, out)
+		}
+		got := strings.Fields(string(out))
+		slices.Sort(got)
+		return got
+	}
+	// The commands: those `pull-agent help` lists.
+	var commands []string
+	_, list, _ := strings.Cut(usage, "commands:\n")
+	list, _, _ = strings.Cut(list, "\n\n")
+	for _, l := range strings.Split(list, "\n") {
+		commands = append(commands, strings.Fields(l)[0])
+	}
+	offered := bashComplete("")
+	for _, c := range commands {
+		if !slices.Contains(offered, c) {
+			t.Errorf("command %s is not completed (offered %q)", c, offered)
+		}
+	}
+	flagLine := regexp.MustCompile(`(?m)^\s+-([a-z0-9-]+)`)
+	for _, path := range append(commands, "master token", "config show") {
+		var help bytes.Buffer
+		run(context.Background(), append(strings.Fields(path), "-h"), &help, &help)
+		var want []string
+		for _, m := range flagLine.FindAllStringSubmatch(help.String(), -1) {
+			want = append(want, "--"+m[1])
+		}
+		slices.Sort(want)
+		got := bashComplete(append(strings.Fields(path), "--")...)
+		if !slices.Equal(got, want) {
+			t.Errorf("pull-agent %s --<TAB>: offered\n  %q\nwant the flags of its -h\n  %q", path, got, want)
+		}
+	}
+	if got := bashComplete("run", "--interv"); !slices.Equal(got, []string{"--interval"}) {
+		t.Errorf("pull-agent run --interv<TAB>: %q", got)
+	}
+	if got := bashComplete("master", "token", ""); !slices.Equal(got, []string{"add", "list", "revoke"}) {
+		t.Errorf("pull-agent master token <TAB>: %q", got)
 	}
 }

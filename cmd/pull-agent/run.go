@@ -6,15 +6,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 
+	"github.com/decnet/pull-agent/internal/buildinfo"
 	"github.com/decnet/pull-agent/internal/cliconf"
+	"github.com/decnet/pull-agent/master"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "0.1.0-dev"
+// version is stamped at build time (internal/buildinfo: just build, just
+// release).
+var version = buildinfo.Read().Version
 
 // Exit codes, one table for every command (docs/operations.md repeats it):
 //
@@ -66,7 +68,8 @@ commands:
   reap       remove every container and network this agent owns (or --decky)
   config     config show: the effective configuration (flag > env > file), secrets redacted
   suspend    keep fetching and reporting, apply nothing (resume: apply again)
-  version    print the version
+  version    print the version (--json: with commit, build date, Go, OS, arch)
+  completion print a shell completion script: completion bash|zsh
 
 Run 'pull-agent <command> -h' for the flags of a command.
 `
@@ -89,7 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "validate":
 		return cmdValidate(ctx, rest, stdout, stderr)
 	case "master":
-		err = cmdMaster(ctx, rest, stdout, stderr)
+		err = master.Command(ctx, rest, stdout, stderr)
 	case "reap":
 		err = cmdReap(ctx, rest, stdout, stderr)
 	case "status":
@@ -99,8 +102,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "suspend", "resume":
 		err = cmdSuspend(rest, cmd == "resume", stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "pull-agent", version)
-		return exitOK
+		err = cmdVersion(rest, stdout, stderr)
+	case "completion":
+		err = cmdCompletion(ctx, rest, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -139,30 +143,7 @@ func usageErr(format string, args ...any) error {
 }
 
 // logOptions are the logging flags every command shares.
-type logOptions struct {
-	level  string
-	format string
-}
-
-func (o *logOptions) bind(f *flags) {
-	f.String(&o.level, "log-level", "info", "log level: debug, info, warn or error")
-	f.String(&o.format, "log-format", "text", "log format: text or json")
-}
-
-func (o *logOptions) logger(w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(o.level)); err != nil {
-		return nil, usageErr("--log-level %q: %v", o.level, err)
-	}
-	hopt := &slog.HandlerOptions{Level: lvl}
-	switch strings.ToLower(o.format) {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, hopt)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, hopt)), nil
-	}
-	return nil, usageErr("--log-format %q: want text or json", o.format)
-}
+type logOptions = cliconf.LogOptions
 
 func defaultHost() string {
 	h, err := os.Hostname()

@@ -33,7 +33,7 @@ func startWorker(ctx context.Context, name string, args []string, readOnly bool,
 	if err != nil {
 		return nil, err
 	}
-	log, err := cfg.log.logger(stderr)
+	log, err := cfg.log.Logger(stderr)
 	if err != nil {
 		return nil, err
 	}
