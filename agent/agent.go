@@ -50,6 +50,10 @@ type Config struct {
 	// connection from the worker (the LAN check of an apply and the
 	// identity drift check of a full pass); default 15s.
 	LANCheckTimeout time.Duration
+	// AllowUnverifiedDecommission honours decommission: true in a commit
+	// no trust policy verified (--allow-unverified-decommission). Off by
+	// default: without it such a commit is refused and nothing removed.
+	AllowUnverifiedDecommission bool
 }
 
 func (c *Config) defaults() {
@@ -205,12 +209,19 @@ type PassOptions struct {
 
 // Pass runs one reconcile and reports it. It returns the result (nil when
 // the pass was refused before the fetch) and a *StepError when a step
-// refused. Shutting down (ctx cancelled) is not a failure: deckies in
+// refused; errors.Is(err, ErrDecommissioned) when the pass decommissioned
+// the worker (see decommission): no pass may follow. Shutting down (ctx cancelled) is not a failure: deckies in
 // flight are abandoned, and the report is still flushed within
 // Config.ReportTimeout.
 func (a *Agent) Pass(ctx context.Context, opt PassOptions) (*Result, error) {
 	p := &pass{a: a, full: opt.Full, log: a.log, res: &Result{}}
 	err := a.run(ctx, p)
+	if errors.Is(err, ErrDecommissioned) {
+		// Nothing may write to the state directory any more: the
+		// decommission step delivered its own final report.
+		a.setHealth()
+		return p.res, err
+	}
 	if err != nil {
 		a.log.ErrorContext(ctx, "pass could not start", "step", p.step, "err", err)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	stdsync "sync"
 	"time"
@@ -82,8 +83,10 @@ func Backoff(n int, interval time.Duration, r float64) time.Duration {
 
 // Run is the daemon: a pass now, then one every Interval (jittered), on a
 // trigger, or when the Engine reports drift, until ctx ends. It returns
-// nil when ctx ends: shutting down is not a failure. It returns only after
-// the watcher goroutine has stopped.
+// nil when ctx ends: shutting down is not a failure. After a pass that
+// decommissioned the worker it returns that pass's error (errors.Is
+// ErrDecommissioned). It returns only after the watcher goroutine has
+// stopped.
 func (a *Agent) Run(ctx context.Context, opt LoopOptions) error {
 	opt.defaults()
 	ctx, cancel := context.WithCancel(ctx)
@@ -106,6 +109,9 @@ func (a *Agent) Run(ctx context.Context, opt LoopOptions) error {
 		}
 		if opt.OnPass != nil {
 			opt.OnPass(res, err, opt.Now().Sub(t0))
+		}
+		if errors.Is(err, ErrDecommissioned) {
+			return err // nothing is left to reconcile: the process exits 0
 		}
 		wait := opt.Jitter(opt.Interval)
 		switch {

@@ -76,6 +76,7 @@ var steps = []step{
 	{"fetch", fetch},
 	{"parse", parse},
 	{"suspend", suspend},
+	{"decommission", decommission},
 	{"detect", detect},
 	{"allocate", allocate},
 	{"render", render},

@@ -77,6 +77,9 @@ type Heartbeat struct {
 	// operator's suspension), so the master does not mistake a frozen
 	// host for a converged one.
 	Suspended bool `json:"suspended,omitempty"`
+	// Decommissioned is true in the last heartbeat of an agent that
+	// removed everything it owned (decommission: true) and stopped.
+	Decommissioned bool `json:"decommissioned,omitempty"`
 	// Delivery summarises the sender's recent trouble reaching the master
 	// (filled in by [Sender.Flush]; the caller need not set it).
 	Delivery    *DeliveryStatus `json:"delivery,omitempty"`

@@ -55,6 +55,7 @@ type agentConfig struct {
 	helper        string
 	reportTimeout time.Duration
 	suspend       bool
+	noVerifyDecom bool
 
 	// daemon (run)
 	interval time.Duration
@@ -111,6 +112,7 @@ func (c *agentConfig) bind(f *flags) {
 	f.String(&c.triggerListen, "trigger-listen", "", "run: serve the webhook that starts a pass (HMAC-SHA256 signed POST) on this management address, e.g. 127.0.0.1:9478")
 	f.String(&c.triggerSecret, "trigger-secret-file", "", "run: file holding the webhook's HMAC secret")
 	f.Bool(&c.suspend, "suspend", false, "fetch, verify and report, and apply nothing (as `pull-agent suspend`)")
+	f.Bool(&c.noVerifyDecom, "allow-unverified-decommission", false, "honour decommission: true in a commit no trust policy verified (default: refused, nothing removed)")
 	f.Bool(&c.json, "json", false, "plan: print the change set as JSON")
 }
 
@@ -152,7 +154,7 @@ func (c *agentConfig) agentConfig(readOnly bool) agent.Config {
 		Host: c.host, StateDir: c.stateDir, ReadOnly: readOnly, Interface: c.iface, Gateway: gw,
 		Parallel: c.parallel, RetryBudget: c.retryBudget, AllowPull: c.allowPull, Probe: c.probe, Helper: c.helper,
 		Steady:        apply.SteadyOptions{Samples: c.steadySamples, Interval: c.steadyEvery, Timeout: c.steadyTimeout},
-		ReportTimeout: c.reportTimeout, Version: version, Suspend: c.suspend,
+		ReportTimeout: c.reportTimeout, Version: version, Suspend: c.suspend, AllowUnverifiedDecommission: c.noVerifyDecom,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/internal/buildinfo"
 	"github.com/decnet/pull-agent/internal/cliconf"
 	"github.com/decnet/pull-agent/master"
@@ -22,7 +23,7 @@ var version = buildinfo.Read().Version
 //
 //	0   success: every decky converged (once), nothing would change (plan),
 //	    valid (validate), stopped by SIGTERM/SIGINT (run, once: shutting
-//	    down is not a failure)
+//	    down is not a failure), decommissioned (run, once: do not restart)
 //	1   some decky failed (once); the repository is invalid (validate)
 //	2   plan: something would change
 //	3   the pass could not start: fetch, refused commit, invalid commit,
@@ -125,8 +126,8 @@ func exitCode(err error, stderr io.Writer) int {
 	case errors.Is(err, errUsage), errors.As(err, new(*cliconf.UsageError)):
 		fmt.Fprintln(stderr, "pull-agent:", err)
 		return exitUsage
-	case errors.Is(err, context.Canceled):
-		return exitOK // shutting down is not a failure
+	case errors.Is(err, context.Canceled), errors.Is(err, agent.ErrDecommissioned):
+		return exitOK // shutting down is not a failure; a decommissioned agent is done
 	case errors.As(err, &se):
 		fmt.Fprintln(stderr, "pull-agent: pass could not start:", err)
 		return exitNoStart
@@ -146,10 +147,7 @@ func usageErr(format string, args ...any) error {
 type logOptions = cliconf.LogOptions
 
 func defaultHost() string {
-	h, err := os.Hostname()
-	if err != nil {
-		return ""
-	}
+	h, _ := os.Hostname() // "" on error
 	// A host name with a domain maps to hosts/<first label>.yaml.
 	h, _, _ = strings.Cut(strings.ToLower(h), ".")
 	return h
