@@ -4,6 +4,11 @@
 # systemd-analyze is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A decommission ends with exit 0: the daemon's unit must never restart it,
+# even under a drop-in with Restart=always.
+if ! grep -Eq '^RestartPreventExitStatus=(.* )?0( |$)' packaging/pull-agent.service; then
+  echo "packaging/verify.sh: pull-agent.service must list 0 (decommissioned) in RestartPreventExitStatus"; exit 1
+fi
 if ! command -v systemd-analyze >/dev/null; then
   echo "packaging/verify.sh: systemd-analyze not installed; units not verified"; exit 0
 fi
