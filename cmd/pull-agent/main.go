@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/decnet/pull-agent/internal/memlimit"
 )
 
 func main() { os.Exit(mainWithSignals()) }
@@ -12,6 +14,7 @@ func main() { os.Exit(mainWithSignals()) }
 // mainWithSignals runs under a context the first SIGINT/SIGTERM cancels (a
 // clean shutdown); the default disposition then returns, so a second ends it.
 func mainWithSignals() int {
+	memlimit.SetDefault() // a soft GOMEMLIMIT unless the environment sets one
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	context.AfterFunc(ctx, stop)
 	defer stop()
