@@ -28,7 +28,7 @@ var ErrDecommissioned = errors.New("decommissioned")
 // ErrUnverifiedDecommission refuses a decommission: true in a commit that
 // no configured trust policy verified. The fleet repository is hostile
 // until proven otherwise: one unsigned commit must not wipe a worker.
-var ErrUnverifiedDecommission = errors.New("decommission refused: the commit is not verified")
+var ErrUnverifiedDecommission = errors.New("decommission refused")
 
 // Final delivery of a decommission: retried, with report.Backoff between
 // attempts, until the outbox is empty or Config.ReportTimeout has passed.
@@ -60,7 +60,7 @@ func decommission(ctx context.Context, p *pass) error {
 	}
 	where := p.host.DecommissionPos.String()
 	if p.rev.Signer == "" && !a.cfg.AllowUnverifiedDecommission {
-		return fmt.Errorf("%w: %s: decommission: true in commit %s, which no trust policy verified (verified: none); nothing was removed. Configure --trust-ssh-allowed-signers or --trust-gpg-keyring and sign the commit, or set --allow-unverified-decommission",
+		return fmt.Errorf("%w: %s: decommission: true in commit %s, which is not verified by a trust policy (verified: none); nothing was removed. Sign the commit and configure --trust-ssh-allowed-signers or --trust-gpg-keyring, or set --allow-unverified-decommission",
 			ErrUnverifiedDecommission, where, Short(p.rev.Commit))
 	}
 	cs, err := a.d.Engine.ListContainers(ctx)

@@ -4,13 +4,27 @@
 // # The pass
 //
 // [Agent.Pass] runs an ordered list of steps over one pass value, each a
-// func(ctx, *pass) error: fetch, parse, detect LAN, allocate, render, diff,
-// identity, prune guard, ensure network, apply, record, helper. The first
-// step that refuses stops the pass; the refusal is a [*StepError] naming the step, and nothing after
-// it runs (in particular, nothing on the worker changes after a refusal
-// before apply). A deferred step, as Flux's reconcilers do, always builds
-// the heartbeat from whatever the pass reached, delivers it with the
-// outbox, and saves the state.
+// func(ctx, *pass) error: fetch, parse, suspend, decommission, detect LAN,
+// allocate, render, diff, identity, prune guard, ensure network, apply,
+// record, helper. The first step that refuses stops the pass; the refusal
+// is a [*StepError] naming the step, and nothing after it runs (in
+// particular, nothing on the worker changes after a refusal before apply).
+// A deferred step, as Flux's reconcilers do, always builds the heartbeat
+// from whatever the pass reached, delivers it with the outbox, and saves
+// the state.
+//
+// # Decommission
+//
+// A verified host file with decommission: true ends the agent (see
+// decommission.go): owned containers, network and helper link removed,
+// final teardown events and a decommissioned heartbeat delivered within
+// Config.ReportTimeout (what is undelivered is logged line by line), the
+// state directory's contents removed (the directory stays: it is a mount
+// under systemd's StateDirectory=), and [ErrDecommissioned] returned by
+// Pass and Run, which the command turns into exit 0. No deferred step runs
+// after it: nothing may write to the emptied directory. An unverified
+// commit is refused ([ErrUnverifiedDecommission]) unless
+// Config.AllowUnverifiedDecommission.
 //
 // # Verified from the LAN
 //
