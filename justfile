@@ -30,7 +30,7 @@ e2e:
 bench benchtime="20x":
     BENCHTIME={{benchtime}} ./scripts/bench.sh
 
-# Scale figures beside same-run baselines (docs/benchmarks.md): sections start bigrepo apply noop; SCALE_DECKIES="10 50 250"
+# Scale figures beside same-run baselines (docs/benchmarks.md): sections start bigrepo apply noop fleet; SCALE_DECKIES="10 50 250", FLEET_AGENTS=200
 scale *sections:
     ./scripts/scale.sh {{sections}}
 
@@ -38,10 +38,9 @@ scale *sections:
 faults:
     ./scripts/faults.sh
 
-# Fuzz the pure packages for a while each
+# Fuzz every fuzz target of the module for a while each (CI: 10s each in scripts/test.sh)
 fuzz time="60s":
-    go test ./desired -run XXX -fuzz FuzzLoad -fuzztime {{time}}
-    go test ./relocalize -run XXX -fuzz FuzzAllocate -fuzztime {{time}}
+    for t in $(grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sed -E 's#^(.*)/[^/]*:func (Fuzz.*)$#\1:\2#' | sort -u); do echo "== $t"; go test "${t%%:*}" -run '^$' -fuzz "^${t#*:}\$" -fuzztime {{time}}; done
 
 # gofmt, go vet and the layering rules of docs/architecture.md
 lint:

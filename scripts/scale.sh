@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale measurements of issue 15, each beside a baseline measured in the
 # same run (docs/benchmarks.md, "Agent"). Sections, run all by default or
-# name some: scripts/scale.sh start bigrepo apply noop
+# name some: scripts/scale.sh start bigrepo apply noop fleet
 #
 #   start    process start of version, validate and a go "hello" (the
 #            floor): wall, CPU and peak RSS (/usr/bin/time -v, median of
@@ -17,18 +17,23 @@
 #   noop     BenchmarkNoOpOnceAtScale at the same sizes: a no-op `once`
 #            process against git ls-remote + one container listing, and
 #            the daemon's RSS after converging (idle-rss)
+#   fleet    BenchmarkFleetManyAgentsOneRemote: FLEET_AGENTS (default 200)
+#            in-process agents (fake Engine) polling one git http-backend
+#            process every FLEET_INTERVAL (default 20s): the remote's CPU
+#            per no-op poll against one git ls-remote, and push-to-applied
+#            time polling and with the webhook
 #
 # These machines are shared: read the medians and ratios, not one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PATH,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE,RUNS,SCALE_DECKIES,SCALE_PROFILE "$0" "$@"
+  exec sudo --preserve-env=PATH,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE,RUNS,SCALE_DECKIES,SCALE_PROFILE,FLEET_AGENTS,FLEET_INTERVAL "$0" "$@"
 fi
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 RUNS=${RUNS:-7}
 SCALE_DECKIES=${SCALE_DECKIES:-10 50}
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(start bigrepo apply noop)
+[ ${#sections[@]} -gt 0 ] || sections=(start bigrepo apply noop fleet)
 
 work=$(mktemp -d /tmp/pull-agent-scale.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -152,6 +157,13 @@ section_noop() {
   done
 }
 
+section_fleet() {
+  echo "== fleet: ${FLEET_AGENTS:-200} agents polling one git http-backend every ${FLEET_INTERVAL:-20s} (in-process agents with a fake Engine; the remote a process of its own)"
+  FLEET_AGENTS=${FLEET_AGENTS:-200} FLEET_INTERVAL=${FLEET_INTERVAL:-20s} go test -run '^$' -bench '^BenchmarkFleetManyAgentsOneRemote$' -benchtime 1x -count 1 -timeout 60m ./cmd/pull-agent | grep -E '^(Benchmark|ok|FAIL|---|panic)|_test.go:[0-9]+:'
+}
+
 for s in "${sections[@]}"; do
+  echo "-- $(date -u +%H:%M:%S) load average $(cut -d' ' -f1-3 /proc/loadavg) (2 cores: $(nproc))"
   "section_$s"
+  echo "-- $(date -u +%H:%M:%S) load average $(cut -d' ' -f1-3 /proc/loadavg) after $s"
 done

@@ -24,5 +24,14 @@ if [ $# -eq 0 ]; then
   go test -race -count=1 -timeout 20m ./agent
   go test -race -count=1 -timeout 20m -run '^(TestNoOpPassAndDriftWatch|TestEndToEndRunDaemon)$' ./cmd/pull-agent
 fi
+# Bounded fuzzing (issue 15): every fuzz target of the module, found by
+# name so a new one is included, FUZZTIME (10s) each; one target per go
+# test (-fuzz matches one). `just fuzz` runs them longer. Skipped when the
+# caller narrowed the run with arguments.
+if [ $# -eq 0 ]; then
+  for t in $(grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sed -E 's#^(.*)/[^/]*:func (Fuzz.*)$#\1:\2#' | sort -u); do
+    go test "${t%%:*}" -run '^$' -fuzz "^${t#*:}\$" -fuzztime "${FUZZTIME:-10s}"
+  done
+fi
 # The systemd units (skipped, and said so, without systemd-analyze).
 packaging/verify.sh
