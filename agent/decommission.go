@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/decnet/pull-agent/apply"
+	"github.com/decnet/pull-agent/desired"
 	"github.com/decnet/pull-agent/engine"
 	"github.com/decnet/pull-agent/hostnet"
 	"github.com/decnet/pull-agent/internal/state"
@@ -155,8 +156,10 @@ func (p *pass) teardownAll(ctx context.Context, byDecky map[string][]engine.Cont
 		events = append(events, ev)
 	}
 	// What is left: owned containers without a decky label, and the
-	// network (only if the agent owns it).
-	if _, err := reaper.All(ctx, a.d.Engine, a.cfg.Host, []string{p.host.Network.Name}); err != nil {
+	// network, under its name in the host file and DECNET's default name
+	// (each only if the agent owns it).
+	nets := slices.Compact([]string{p.host.Network.Name, desired.DefaultNetworkName})
+	if _, err := reaper.All(ctx, a.d.Engine, a.cfg.Host, nets); err != nil {
 		errs = append(errs, err)
 	}
 	if a.cfg.Helper != "" {
