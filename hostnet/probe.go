@@ -77,7 +77,7 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 	for _, a := range addrs {
 		want[a] = true
 	}
-	err := arpRound(ctx, iface, netip.IPv4Unspecified(), addrs, opt, func(mine net.HardwareAddr, p *arp.Packet) {
+	_, err := arpRound(ctx, iface, netip.IPv4Unspecified(), addrs, opt, func(mine net.HardwareAddr, p *arp.Packet) bool {
 		switch {
 		case want[p.SenderIP]:
 			out[p.SenderIP] = Conflict{IP: p.SenderIP, MAC: p.SenderHardwareAddr}
@@ -86,6 +86,7 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 				out[p.TargetIP] = Conflict{IP: p.TargetIP, MAC: p.SenderHardwareAddr, Probing: true}
 			}
 		}
+		return false // a probe listens to the end: silence is what it proves
 	})
 	if err != nil {
 		return out, fmt.Errorf("probe: %w", err)
@@ -102,35 +103,50 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 // The result holds, per target that answered, every distinct MAC that did,
 // in the order first heard: one entry is the healthy case; two or more mean
 // another machine claims the address too. Targets that did not answer are
-// absent. It listens for the whole round (no early return), so a second
-// answer is not missed. It needs CAP_NET_RAW.
+// absent. It needs CAP_NET_RAW.
+//
+// A round in which every target has answered ends opt.Interval/2 after the
+// last of them first did, before the next burst: a second machine claiming
+// an address answers the same broadcast request within that time (ARP is
+// answered by the kernel; a LAN round trip is well under a millisecond,
+// Wi-Fi a few), and one that is slower is still found by a later check.
+// This is what keeps a check of hundreds of healthy deckies to one burst
+// (about a tenth of the full round) in every full pass and every `once`.
+// A round with a target still silent listens to the end, as before.
 func Resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, error) {
+	out, _, err := resolve(ctx, iface, src, targets, opt)
+	return out, err
+}
+
+// resolve is Resolve, also returning the number of bursts sent.
+func resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, int, error) {
 	out := map[netip.Addr][]net.HardwareAddr{}
 	if len(targets) == 0 {
-		return out, nil
+		return out, 0, nil
 	}
 	if !src.Is4() || src.IsUnspecified() {
-		return nil, fmt.Errorf("resolve: sender address %v is not a usable IPv4 address", src)
+		return nil, 0, fmt.Errorf("resolve: sender address %v is not a usable IPv4 address", src)
 	}
 	want := map[netip.Addr]bool{}
 	for _, a := range targets {
 		want[a] = true
 	}
-	err := arpRound(ctx, iface, src, targets, opt, func(mine net.HardwareAddr, p *arp.Packet) {
+	bursts, err := arpRound(ctx, iface, src, targets, opt, func(mine net.HardwareAddr, p *arp.Packet) bool {
 		if !want[p.SenderIP] || p.SenderHardwareAddr.String() == mine.String() {
-			return
+			return false
 		}
 		for _, m := range out[p.SenderIP] {
 			if m.String() == p.SenderHardwareAddr.String() {
-				return
+				return false
 			}
 		}
 		out[p.SenderIP] = append(out[p.SenderIP], append(net.HardwareAddr(nil), p.SenderHardwareAddr...))
+		return len(out) == len(want)
 	})
 	if err != nil {
-		return out, fmt.Errorf("resolve: %w", err)
+		return out, bursts, fmt.Errorf("resolve: %w", err)
 	}
-	return out, nil
+	return out, bursts, nil
 }
 
 // rcvBuf is the receive buffer asked for: room for thousands of ARP
@@ -142,27 +158,29 @@ const rcvBuf = 4 << 20
 // frame received from another machine to seen until one deadline, covering
 // all bursts plus opt.Wait, passes. Replies are matched by the caller (by
 // sender address), never by order, so any number of targets can share a
-// round.
-func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions, seen func(mine net.HardwareAddr, p *arp.Packet)) error {
+// round. When seen returns true (the caller has heard all it needs), the
+// round ends opt.Interval/2 later and sends no further burst. It returns
+// the number of bursts sent.
+func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions, seen func(mine net.HardwareAddr, p *arp.Packet) bool) (int, error) {
 	opt = opt.withDefaults()
 	targets = append([]netip.Addr(nil), targets...)
 	sort.Slice(targets, func(i, j int) bool { return targets[i].Less(targets[j]) })
 	ifi, err := net.InterfaceByName(iface)
 	if err != nil {
-		return fmt.Errorf("interface %s: %w", iface, err)
+		return 0, fmt.Errorf("interface %s: %w", iface, err)
 	}
 	conn, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_ARP, nil)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("ARP needs CAP_NET_RAW: %w", err)
+			return 0, fmt.Errorf("ARP needs CAP_NET_RAW: %w", err)
 		}
-		return fmt.Errorf("raw socket on %s: %w", iface, err)
+		return 0, fmt.Errorf("raw socket on %s: %w", iface, err)
 	}
 	tuneSocket(conn)
 	c, err := arp.New(ifi, conn)
 	if err != nil {
 		conn.Close()
-		return err
+		return 0, err
 	}
 	defer c.Close()
 	mine := ifi.HardwareAddr
@@ -173,11 +191,14 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 		deadline = d
 	}
 	if err := c.SetReadDeadline(deadline); err != nil {
-		return err
+		return 0, err
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
 	defer stop()
 
+	// enough is closed once seen has heard all it needs: no further burst.
+	enough := make(chan struct{})
+	bursts := 0
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < opt.Probes; i++ {
@@ -192,12 +213,16 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 					return
 				}
 			}
+			bursts++
 			if i == opt.Probes-1 {
 				break
 			}
 			select {
 			case <-ctx.Done():
 				done <- ctx.Err()
+				return
+			case <-enough:
+				done <- nil
 				return
 			case <-time.After(opt.Interval):
 			}
@@ -221,18 +246,28 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 		if p.SenderHardwareAddr.String() == mine.String() {
 			continue // our own request, looped back
 		}
-		seen(mine, p)
+		if seen(mine, p) {
+			select {
+			case <-enough:
+			default:
+				close(enough)
+				if settle := time.Now().Add(opt.Interval / 2); settle.Before(deadline) {
+					deadline = settle
+					_ = c.SetReadDeadline(deadline)
+				}
+			}
+		}
 	}
 	if err := <-done; err != nil {
-		return err
+		return bursts, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return bursts, err
 	}
 	if st, err := conn.Stats(); err == nil && st.Drops > 0 {
-		return fmt.Errorf("%w: %d on %s", ErrFramesDropped, st.Drops, iface)
+		return bursts, fmt.Errorf("%w: %d on %s", ErrFramesDropped, st.Drops, iface)
 	}
-	return nil
+	return bursts, nil
 }
 
 // tuneSocket makes a burst's answers fit: a large receive buffer

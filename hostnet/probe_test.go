@@ -160,3 +160,54 @@ func TestResolveFromHelper(t *testing.T) {
 		t.Error("Resolve without a sender address must fail")
 	}
 }
+
+// TestResolveStopsWhenEveryTargetAnswered: a round whose every target has
+// answered sends no further burst (the check of hundreds of healthy
+// deckies costs one burst), and still hears a second machine claiming an
+// address; a round with a silent target sends every burst.
+func TestResolveStopsWhenEveryTargetAnswered(t *testing.T) {
+	l := testlan.New(t, testlan.Options{Busy: 2})
+	d, err := NewDetector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	name := "hl" + testlan.Suffix()
+	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
+	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	decky, deckyMAC := l.Busy[1].Next().Next(), net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}
+	l.AddMachine(t, decky, deckyMAC)
+	dup, dupMAC := decky.Next(), net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x66}
+	l.AddMachine(t, dup, dupMAC)
+	l.AddPeerAddr(t, dup) // the LAN machine claims it too
+	silent := dup.Next().Next()
+	// Bursts a second apart: a round that did not stop early sends 3.
+	opt := ProbeOptions{Probes: 3, Interval: time.Second, Wait: 200 * time.Millisecond}
+
+	got, bursts, err := resolve(context.Background(), name, l.Host, []netip.Addr{l.Peer, decky, dup}, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bursts != 1 {
+		t.Errorf("every target answered the first burst, yet %d bursts were sent", bursts)
+	}
+	if len(got[decky]) != 1 || got[decky][0].String() != deckyMAC.String() {
+		t.Errorf("%s resolved to %v, want %s", decky, got[decky], deckyMAC)
+	}
+	if len(got[dup]) != 2 {
+		t.Errorf("%s is claimed by two machines; an early end heard %v", dup, got[dup])
+	}
+
+	got, bursts, err = resolve(context.Background(), name, l.Host, []netip.Addr{decky, silent}, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bursts != opt.Probes {
+		t.Errorf("with %s silent, %d bursts were sent, want all %d", silent, bursts, opt.Probes)
+	}
+	if _, ok := got[silent]; ok || len(got[decky]) != 1 {
+		t.Errorf("resolved %v", got)
+	}
+}
