@@ -594,7 +594,8 @@ func (s *Syncer) openLocal() *Snapshot {
 		}
 		snap.Ref = s.opt.Ref
 		snap.trustFP = readTrustFile(dir)
-		return snap, snap.verify()
+		_, err = snap.verify()
+		return snap, err
 	}()
 	if err != nil {
 		s.log.Warn("local clone of the fleet repository is corrupt; removing it and cloning again", "dir", dir, "err", err)
