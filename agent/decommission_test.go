@@ -395,3 +395,25 @@ func TestRemoveStateContents(t *testing.T) {
 		t.Fatalf("the foreign file was not logged: %s", logs.String())
 	}
 }
+
+// A suspended agent applies nothing, a decommission included.
+func TestDecommissionWaitsWhileSuspended(t *testing.T) {
+	w := newDecomWorld(t)
+	if err := agent.Suspend(w.cfg.StateDir, "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	before := w.containers()
+	w.decommission(true)
+	if _, err := w.pass(false); err != nil {
+		t.Fatalf("suspended pass: %v", err)
+	}
+	if got := w.containers(); !slices.Equal(got, before) || len(w.steps.all()) != 0 {
+		t.Fatalf("a suspended agent decommissioned: containers %v, steps %v", got, w.steps.all())
+	}
+	if err := agent.Resume(w.cfg.StateDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.pass(false); !errors.Is(err, agent.ErrDecommissioned) {
+		t.Fatalf("after resume: %v", err)
+	}
+}
