@@ -28,6 +28,7 @@ import (
 //
 //   - an unsigned decommission: true (no trust policy: verified none) is
 //     refused, naming the host file's line; nothing is removed;
+//   - plan shows a signed one's removals and changes nothing;
 //   - a signed one, under the daemon (`run`), removes every container,
 //     the network and the helper link of the agent, leaves the master a
 //     teardown per decky and the decommissioned heartbeat, empties the
@@ -84,6 +85,19 @@ func TestEndToEndDecommission(t *testing.T) {
 	w.repo.Signer = signer
 	w.repo.Reset(c1)
 	cd := decommission("decommission, signed")
+	// plan only shows what the decommission would remove.
+	code, out = runAgent(t, w.faultArgs("plan", m, trust...)...)
+	if code != exitChanges {
+		t.Fatalf("plan of the decommission: exit %d, want %d\n%s", code, exitChanges, out)
+	}
+	for _, d := range deckies {
+		if line := lineWith(out, w.name(d[0])); !strings.Contains(line, "remove") {
+			t.Errorf("plan does not show %s removed:\n%s", d[0], out)
+		}
+	}
+	if after := ids(w.owned(), ""); fmt.Sprint(after) != fmt.Sprint(before) || !linkExists(w.helper) {
+		t.Fatalf("plan changed the worker: %v -> %v", before, after)
+	}
 	cmd := agentCmd(w.faultArgs("run", m, append(trust, "--interval", "1h")...)...)
 	buf := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
