@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	stdsync "sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
@@ -42,11 +44,14 @@ func DefaultOptions() Options {
 
 // Docker talks to one Docker Engine on behalf of one agent identity.
 type Docker struct {
-	owner   string
-	opt     Options
-	log     *slog.Logger
-	api     client.APIClient
-	compose api.Compose
+	owner string
+	opt   Options
+	log   *slog.Logger
+	api   client.APIClient
+
+	composeMu     stdsync.Mutex
+	compose       api.Compose // set up on first use (composer)
+	composeSetups atomic.Int32
 }
 
 // New connects to the Engine named by the environment (DOCKER_HOST, or the
@@ -80,20 +85,38 @@ func New(ctx context.Context, owner string, opt Options, log *slog.Logger) (*Doc
 		c.Close()
 		return nil, fmt.Errorf("Docker Engine is not reachable: %w", err)
 	}
+	return &Docker{owner: owner, opt: opt, log: log, api: c}, nil
+}
+
+// composer returns the Compose service, set up on first use: a pass with
+// nothing to apply (every no-op `once`) needs none, and setting it up
+// reads the Docker CLI's configuration and contexts.
+func (d *Docker) composer() (api.Compose, error) {
+	d.composeMu.Lock()
+	defer d.composeMu.Unlock()
+	if d.compose != nil {
+		return d.compose, nil
+	}
 	// Compose reports progress on the CLI's streams and warns through the
 	// global logrus logger; both are routed to our structured log instead
 	// of the terminal.
-	out := &logWriter{log: log.With("source", "compose")}
-	cli, err := command.NewDockerCli(command.WithAPIClient(c), command.WithOutputStream(out), command.WithErrorStream(out))
+	out := &logWriter{log: d.log.With("source", "compose")}
+	cli, err := command.NewDockerCli(command.WithAPIClient(d.api), command.WithOutputStream(out), command.WithErrorStream(out))
 	if err != nil {
 		return nil, fmt.Errorf("failed to set up Compose: %w", err)
 	}
 	if err := cli.Initialize(flags.NewClientOptions()); err != nil {
 		return nil, fmt.Errorf("failed to set up Compose: %w", err)
 	}
-	routeLogrus(log)
-	return &Docker{owner: owner, opt: opt, log: log, api: c, compose: compose.NewComposeService(cli)}, nil
+	routeLogrus(d.log)
+	d.compose = compose.NewComposeService(cli)
+	d.composeSetups.Add(1)
+	return d.compose, nil
 }
+
+// ComposeSetups is how many times this adapter set up a Compose service
+// (0 or 1): a pass that applies nothing makes none.
+func (d *Docker) ComposeSetups() int { return int(d.composeSetups.Load()) }
 
 // Owner is the identity written into LabelOwner.
 func (d *Docker) Owner() string { return d.owner }
@@ -195,7 +218,11 @@ func (d *Docker) ImageID(ctx context.Context, ref string) (string, error) {
 func (d *Docker) Build(ctx context.Context, p *types.Project, services []string) error {
 	ctx, cancel := context.WithTimeout(ctx, d.opt.BuildTimeout)
 	defer cancel()
-	return d.compose.Build(ctx, p, api.BuildOptions{Services: services, Progress: "quiet", Quiet: true})
+	c, err := d.composer()
+	if err != nil {
+		return err
+	}
+	return c.Build(ctx, p, api.BuildOptions{Services: services, Progress: "quiet", Quiet: true})
 }
 
 // Up converges the services of p through Compose. Services listed in
@@ -210,8 +237,12 @@ func (d *Docker) Up(ctx context.Context, p *types.Project, services, recreate []
 		policy = api.RecreateForce
 		services = recreate
 	}
+	c, err := d.composer()
+	if err != nil {
+		return err
+	}
 	grace := d.opt.StopGrace
-	return d.compose.Up(ctx, p, api.UpOptions{
+	return c.Up(ctx, p, api.UpOptions{
 		Create: api.CreateOptions{
 			Services:             services,
 			Recreate:             policy,
