@@ -200,7 +200,7 @@ var hostTmpl = lazyTemplate("host", `<!doctype html>
 <h1>{{.Host.Host}}</h1>
 <dl id="host">
 <dt>freshness</dt><dd class="{{if .Host.Stale}}stale{{else}}fresh{{end}}">{{if .Host.Stale}}stale{{else}}fresh{{end}} (last heartbeat {{ago .Host.AgeSeconds}} ago)</dd>
-<dt>commit</dt><dd>{{.Host.Commit}}{{if .Host.Suspended}} <strong>(suspended: applies nothing)</strong>{{end}}</dd>
+<dt>commit</dt><dd>{{.Host.Commit}}{{if .Host.Suspended}} <strong>(suspended: applies nothing)</strong>{{end}}{{if .Host.Decommissioned}} <strong id="decommissioned">(decommissioned: removed everything it owned and stopped)</strong>{{end}}</dd>
 <dt>signed by</dt><dd>{{.Host.Verified}}</dd>
 <dt>agent</dt><dd>{{.Host.AgentVersion}}</dd>
 <dt>outbox</dt><dd>{{.Host.OutboxDepth}} queued, {{.Host.OutboxRejected}} set aside</dd>

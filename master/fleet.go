@@ -10,9 +10,12 @@ import (
 // an aggregate over an index, never a list.
 type FleetSummary struct {
 	Workers struct {
-		Fresh     int `json:"fresh"`
-		Stale     int `json:"stale"`
-		NeverSeen int `json:"never_seen"` // agent tokens whose host never reported
+		Fresh int `json:"fresh"`
+		// Decommissioned workers (see [HostRow].Decommissioned): out of
+		// the fleet, counted neither Fresh nor Stale.
+		Decommissioned int `json:"decommissioned"`
+		Stale          int `json:"stale"`
+		NeverSeen      int `json:"never_seen"` // agent tokens whose host never reported
 	} `json:"workers"`
 	Deckies map[string]int `json:"deckies"` // by state: running, degraded, failed, absent, quarantined
 	// Drifted counts deckies whose latest lifecycle event is a drift the
@@ -28,8 +31,9 @@ func (s *Store) Summary(ctx context.Context, now time.Time, staleAfter time.Dura
 	var f FleetSummary
 	f.Deckies = map[string]int{}
 	cut := now.Add(-staleAfter).UnixNano()
-	if err := s.r.QueryRowContext(ctx, s.q(`SELECT COALESCE(SUM(CASE WHEN last_heartbeat_ns >= ? THEN 1 ELSE 0 END), 0),
-	COALESCE(SUM(CASE WHEN last_heartbeat_ns < ? THEN 1 ELSE 0 END), 0) FROM hosts`), cut, cut).Scan(&f.Workers.Fresh, &f.Workers.Stale); err != nil {
+	if err := s.r.QueryRowContext(ctx, s.q(`SELECT COALESCE(SUM(CASE WHEN last_heartbeat_ns >= ? AND decommissioned = 0 THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(CASE WHEN last_heartbeat_ns < ? AND decommissioned = 0 THEN 1 ELSE 0 END), 0),
+	COALESCE(SUM(decommissioned), 0) FROM hosts`), cut, cut).Scan(&f.Workers.Fresh, &f.Workers.Stale, &f.Workers.Decommissioned); err != nil {
 		return f, err
 	}
 	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM tokens t WHERE t.kind = 'agent' AND t.revoked_ns = 0
@@ -166,7 +170,7 @@ const RolloutBehindShown = 10
 // behindSQL selects, from hosts h, the fresh workers behind a commit. Its
 // arguments are: the stale cut, the commit, the commit again, the
 // commit's first-seen time (see [Rollout] for the rule).
-const behindSQL = `h.last_heartbeat_ns >= ? AND h.commit_sha <> ? AND NOT ` + movedOnSQL
+const behindSQL = `h.last_heartbeat_ns >= ? AND h.decommissioned = 0 AND h.commit_sha <> ? AND NOT ` + movedOnSQL
 
 // movedOnSQL is true for a host h that applied the commit (first
 // argument) before, or whose commit the fleet first reported after the
@@ -212,7 +216,7 @@ func (s *Store) Rollouts(ctx context.Context, now time.Time, staleAfter time.Dur
 	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 1 THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 0 AND h.pass_error <> '' THEN 1 ELSE 0 END), 0),
 	COALESCE(SUM(CASE WHEN `+behindSQL+` AND h.suspended = 0 AND h.pass_error = '' AND h.last_fetch_ok_ns >= ? THEN 1 ELSE 0 END), 0),
-	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns < ? THEN 1 ELSE 0 END), 0)
+	COALESCE(SUM(CASE WHEN h.last_heartbeat_ns < ? AND h.decommissioned = 0 THEN 1 ELSE 0 END), 0)
 FROM hosts h`), cut, c, cut, c, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut, c, c, f, cut, c, c, f, f, cut).Scan(
 			&r.Applied, &r.Failed, &r.MovedOn, &r.Behind, &r.BehindSuspended, &r.BehindPassError, &r.Applying, &r.Stale)
 		if err != nil {

@@ -299,6 +299,12 @@ ALTER TABLE deckies ADD COLUMN mac TEXT NOT NULL DEFAULT ''`,
 		sqlite:   "CREATE INDEX events_host_decky ON events(host, decky, seq)",
 		postgres: "CREATE INDEX events_host_decky ON events(host, decky, seq)",
 	},
+	{
+		version:  6,
+		what:     "hosts.decommissioned (the worker removed everything it owned and stopped)",
+		sqlite:   "ALTER TABLE hosts ADD COLUMN decommissioned INTEGER NOT NULL DEFAULT 0",
+		postgres: "ALTER TABLE hosts ADD COLUMN decommissioned INTEGER NOT NULL DEFAULT 0",
+	},
 }
 
 // migrate brings the schema to SchemaVersion, one transaction per step.

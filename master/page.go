@@ -19,8 +19,8 @@ var pageTmpl = lazyTemplate("page", `<!doctype html>
 <main>
 <h1>pull-agent master</h1>
 <section id="summary" aria-label="fleet summary">
-<table><tr><th>workers fresh</th><th>stale</th><th>never seen</th>{{range $st, $n := .Summary.Deckies}}<th>deckies {{$st}}</th>{{end}}<th>deckies drifted</th><th>newest commit</th><th>workers on it</th></tr>
-<tr><td class="num" id="sum-fresh">{{.Summary.Workers.Fresh}}</td><td class="num" id="sum-stale">{{.Summary.Workers.Stale}}</td><td class="num" id="sum-never">{{.Summary.Workers.NeverSeen}}</td>
+<table><tr><th>workers fresh</th><th>stale</th><th>never seen</th><th>decommissioned</th>{{range $st, $n := .Summary.Deckies}}<th>deckies {{$st}}</th>{{end}}<th>deckies drifted</th><th>newest commit</th><th>workers on it</th></tr>
+<tr><td class="num" id="sum-fresh">{{.Summary.Workers.Fresh}}</td><td class="num" id="sum-stale">{{.Summary.Workers.Stale}}</td><td class="num" id="sum-never">{{.Summary.Workers.NeverSeen}}</td><td class="num" id="sum-decommissioned">{{.Summary.Workers.Decommissioned}}</td>
 {{range $st, $n := .Summary.Deckies}}<td class="num" id="sum-deckies-{{$st}}">{{$n}}</td>{{end}}
 <td class="num{{if .Summary.Drifted}} failed{{end}}" id="sum-drifted" title="deckies whose latest event is a drift the agent did not repair">{{.Summary.Drifted}}</td>
 <td>{{short .Summary.NewestCommit}}</td><td class="num" id="sum-applied">{{.Summary.Applied}}</td></tr></table>

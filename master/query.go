@@ -48,6 +48,10 @@ type HostRow struct {
 	SeqConflicts   int64     `json:"seq_conflicts"`      // seqs reused with another event_id
 	Verified       string    `json:"verified,omitempty"` // who signed the applied commit, or "none"
 	Suspended      bool      `json:"suspended"`          // the agent deliberately applies nothing
+	// Decommissioned: the last heartbeat came from an agent that removed
+	// everything it owned (decommission: true) and stopped. Such a host
+	// is never stale nor behind: it is expected to be silent.
+	Decommissioned bool `json:"decommissioned"`
 }
 
 // HostQuery pages through hosts by name.
@@ -102,7 +106,7 @@ func (s *Store) Host(ctx context.Context, now time.Time, staleAfter time.Duratio
 func (s *Store) queryHosts(ctx context.Context, now time.Time, staleAfter time.Duration, where string, args ...any) ([]HostRow, error) {
 	res, err := s.r.QueryContext(ctx, s.q(`
 SELECT host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns,
-	pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts, verified, suspended
+	pass_error, outbox_depth, outbox_rejected, identity, events_total, max_seq, seq_conflicts, verified, suspended, decommissioned
 FROM hosts `+where), args...)
 	if err != nil {
 		return nil, err
@@ -112,16 +116,16 @@ FROM hosts `+where), args...)
 	for res.Next() {
 		var r HostRow
 		var last, fetch, apply int64
-		var suspended int
+		var suspended, decommissioned int
 		if err := res.Scan(&r.Host, &r.HostUUID, &r.AgentVersion, &r.Commit, &r.Remote, &last, &fetch, &apply,
-			&r.PassError, &r.OutboxDepth, &r.OutboxRejected, &r.Identity, &r.Events, &r.MaxSeq, &r.SeqConflicts, &r.Verified, &suspended); err != nil {
+			&r.PassError, &r.OutboxDepth, &r.OutboxRejected, &r.Identity, &r.Events, &r.MaxSeq, &r.SeqConflicts, &r.Verified, &suspended, &decommissioned); err != nil {
 			return nil, err
 		}
-		r.Suspended = suspended == 1
+		r.Suspended, r.Decommissioned = suspended == 1, decommissioned == 1
 		r.LastHeartbeat = time.Unix(0, last).UTC()
 		r.LastFetchOK, r.LastApply = fromNS(fetch), fromNS(apply)
 		r.AgeSeconds = now.Sub(r.LastHeartbeat).Seconds()
-		r.Stale = now.Sub(r.LastHeartbeat) > staleAfter
+		r.Stale = now.Sub(r.LastHeartbeat) > staleAfter && !r.Decommissioned
 		// Sequences start at 1: every seq up to the highest that never
 		// arrived is a gap.
 		r.MissingSeqs = max(r.MaxSeq-int64(r.Events), 0)

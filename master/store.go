@@ -55,13 +55,13 @@ type Store struct {
 // every event cost more than executing them.
 const (
 	sqlUpsertHost = `
-INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns, pass_error, outbox_depth, outbox_rejected, identity, verified, suspended)
-VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns, pass_error, outbox_depth, outbox_rejected, identity, verified, suspended, decommissioned)
+VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excluded.agent_version,
 	commit_sha=excluded.commit_sha, remote=excluded.remote, last_heartbeat_ns=excluded.last_heartbeat_ns,
 	last_fetch_ok_ns=excluded.last_fetch_ok_ns, last_apply_ns=excluded.last_apply_ns, pass_error=excluded.pass_error,
 	outbox_depth=excluded.outbox_depth, outbox_rejected=excluded.outbox_rejected, identity=excluded.identity,
-	verified=excluded.verified, suspended=excluded.suspended`
+	verified=excluded.verified, suspended=excluded.suspended, decommissioned=excluded.decommissioned`
 	sqlInsertEvent = `
 INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
 VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
@@ -416,7 +416,7 @@ func (s *Store) recordOne(ctx context.Context, tx *sql.Tx, j *job) (Recorded, er
 	// written one after the other even by several masters.
 	_, err := s.exec(ctx, tx, sqlUpsertHost,
 		b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, now, ns(b.LastFetchOK), ns(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, j.identity,
-		b.Verified, boolInt(b.Suspended))
+		b.Verified, boolInt(b.Suspended), boolInt(b.Decommissioned))
 	if err != nil {
 		return rec, fmt.Errorf("failed to record the heartbeat of %s: %w", b.Host, err)
 	}

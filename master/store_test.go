@@ -648,3 +648,46 @@ func TestStoreNewestCommitIsFirstSeenLast(t *testing.T) {
 		}
 	})
 }
+
+// A decommissioned worker (its last heartbeat says so) is kept with its
+// history, shown as decommissioned, and leaves the fleet's counts: it is
+// neither stale once silent nor behind a later commit.
+func TestStoreDecommissionedHostLeavesTheFleet(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		gone, live := body("worker-gone"), body("worker-live")
+		gone.Commit, gone.Decommissioned, gone.PassError = strings.Repeat("a", 40), true, "decommissioned by commit aaaaaaa"
+		live.Commit = strings.Repeat("b", 40)
+		// The decommissioned worker's last word is two hours old: stale
+		// by age, yet it must not be counted stale nor behind.
+		if _, err := st.Record(ctx, &gone, "", time.Now().Add(-2*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		record(t, st, live)
+		h, ok, err := st.Host(ctx, time.Now(), time.Hour, "worker-gone")
+		if err != nil || !ok || !h.Decommissioned || h.Stale {
+			t.Fatalf("worker-gone: %+v %v", h, err)
+		}
+		if h, _, _ := st.Host(ctx, time.Now(), time.Hour, "worker-live"); h.Decommissioned {
+			t.Fatalf("worker-live says decommissioned: %+v", h)
+		}
+		sum, err := st.Summary(ctx, time.Now(), time.Hour)
+		if err != nil || sum.Workers.Decommissioned != 1 || sum.Workers.Stale != 0 || sum.Workers.Fresh != 1 {
+			t.Fatalf("summary workers: %+v %v", sum.Workers, err)
+		}
+		ro, err := st.Rollouts(ctx, time.Now(), time.Hour, 1)
+		if err != nil || len(ro) != 1 || ro[0].Commit != live.Commit || ro[0].Behind != 0 || ro[0].Stale != 0 {
+			t.Fatalf("rollout: %+v %v", ro, err)
+		}
+		// Fresh and decommissioned is not behind either.
+		gone.Commit = strings.Repeat("c", 40)
+		record(t, st, gone)
+		live.Commit = strings.Repeat("d", 40)
+		record(t, st, live)
+		ro, err = st.Rollouts(ctx, time.Now(), time.Hour, 1)
+		if err != nil || len(ro) != 1 || ro[0].Commit != live.Commit || ro[0].Behind != 0 {
+			t.Fatalf("rollout after a new commit: %+v %v", ro, err)
+		}
+	})
+}
