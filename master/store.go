@@ -65,6 +65,10 @@ ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excl
 	sqlInsertEvent = `
 INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
 VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
+	// A worker that was decommissioned and reports again without saying
+	// so is a new life of that host name: its old history is archived
+	// under another name first (archiveDecommissioned).
+	sqlArchiveHost    = `UPDATE hosts SET host = ? WHERE host = ? AND decommissioned = 1`
 	sqlHostCommit     = `INSERT INTO host_commits(host, commit_sha, first_ns) VALUES(?,?,?) ON CONFLICT DO NOTHING`
 	sqlDeckiesChanged = `UPDATE hosts SET deckies_hash = ? WHERE host = ? AND deckies_hash <> ?`
 	sqlDeleteDeckies  = `DELETE FROM deckies WHERE host = ?`
@@ -73,7 +77,7 @@ VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
 
 func (s *Store) prepare(ctx context.Context) error {
 	s.stmts = map[string]*sql.Stmt{}
-	for _, q := range []string{sqlUpsertHost, sqlHostCommit, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
+	for _, q := range []string{sqlArchiveHost, sqlUpsertHost, sqlHostCommit, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
 		st, err := s.w.PrepareContext(ctx, s.q(q))
 		if err != nil {
 			return fmt.Errorf("failed to prepare %q: %w", strings.Fields(q)[0:3], err)
@@ -412,6 +416,11 @@ func (s *Store) withRetry(f func() error) error {
 func (s *Store) recordOne(ctx context.Context, tx *sql.Tx, j *job) (Recorded, error) {
 	b, now := j.b, ns(j.now)
 	var rec Recorded
+	if !b.Decommissioned {
+		if err := s.archiveDecommissioned(ctx, tx, b.Host, j.now); err != nil {
+			return rec, err
+		}
+	}
 	// First, so that it locks the host's row: reports of one host are
 	// written one after the other even by several masters.
 	_, err := s.exec(ctx, tx, sqlUpsertHost,
@@ -551,4 +560,34 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// ArchivedSuffix joins a host name and the time its decommissioned history
+// was archived. '~' is not allowed in reported host names, so an archived
+// name never collides with a worker's.
+const ArchivedSuffix = "~decommissioned-"
+
+// archiveDecommissioned renames the history of a decommissioned host
+// (hosts, events, deckies, rollout and conflict rows) to
+// host~decommissioned-<time> when the host name reports again without
+// being decommissioned: a re-provisioned worker starts its event
+// sequence at 1 again, and would otherwise see every event kept aside as
+// a seq conflict with its previous life. Nothing is deleted.
+func (s *Store) archiveDecommissioned(ctx context.Context, tx *sql.Tx, host string, now time.Time) error {
+	archived := host + ArchivedSuffix + now.UTC().Format("20060102t150405.000000000z")
+	res, err := s.exec(ctx, tx, sqlArchiveHost, archived, host)
+	if err != nil {
+		return fmt.Errorf("failed to archive the decommissioned history of %s: %w", host, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return err
+	}
+	for _, table := range []string{"events", "deckies", "host_commits", "seq_conflicts"} {
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE `+table+` SET host = ? WHERE host = ?`), archived, host); err != nil {
+			return fmt.Errorf("failed to archive the decommissioned history of %s (%s): %w", host, table, err)
+		}
+	}
+	s.log.Info("a decommissioned host reports again: its previous history is kept under another name",
+		"host", host, "archived_as", archived)
+	return nil
 }

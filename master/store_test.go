@@ -691,3 +691,55 @@ func TestStoreDecommissionedHostLeavesTheFleet(t *testing.T) {
 		}
 	})
 }
+
+// A host name that was decommissioned and reports again (a re-provisioned
+// worker, whose event sequence starts at 1 again) starts a new history;
+// the old one is archived under another name, not lost, and no new event
+// is kept aside as a seq conflict.
+func TestStoreReprovisionedHostStartsANewHistory(t *testing.T) {
+	forEachStore(t, func(t *testing.T, dsn string) {
+		st := openStore(t, dsn)
+		ctx := context.Background()
+		old := body("worker-x", hostEv("old-life", 1, "succeeded", time.Now()), hostEv("old-life", 2, "succeeded", time.Now()))
+		record(t, st, old)
+		last := body("worker-x", report.Event{EventID: "old-life-teardown", Seq: 3, DeckyName: "d1", Operation: "teardown", Status: "succeeded", CompletedAt: time.Now()})
+		last.Decommissioned = true
+		record(t, st, last)
+		// The timer runs the decommissioned agent again: still the old life.
+		again := body("worker-x")
+		again.Decommissioned = true
+		record(t, st, again)
+		if hosts, err := st.Hosts(ctx, time.Now(), time.Hour); err != nil || len(hosts) != 1 || !hosts[0].Decommissioned || hosts[0].Events != 3 {
+			t.Fatalf("after the decommission: %+v %v", hosts, err)
+		}
+
+		rec := record(t, st, body("worker-x", hostEv("new-life", 1, "succeeded", time.Now())))
+		if len(rec.Conflicts) != 0 || rec.Added != 1 {
+			t.Fatalf("the new life's first event: %+v", rec)
+		}
+		hosts, err := st.Hosts(ctx, time.Now(), time.Hour)
+		if err != nil || len(hosts) != 2 {
+			t.Fatalf("hosts: %+v %v", hosts, err)
+		}
+		byName := map[string]HostRow{}
+		for _, h := range hosts {
+			byName[h.Host] = h
+		}
+		if h := byName["worker-x"]; h.Decommissioned || h.Events != 1 || h.MaxSeq != 1 || h.SeqConflicts != 0 {
+			t.Fatalf("the new life: %+v", h)
+		}
+		var archived HostRow
+		for name, h := range byName {
+			if strings.HasPrefix(name, "worker-x"+ArchivedSuffix) {
+				archived = h
+			}
+		}
+		if !archived.Decommissioned || archived.Events != 3 || archived.MaxSeq != 3 {
+			t.Fatalf("the archived life: %+v (hosts %v)", archived, hosts)
+		}
+		evs, err := st.Events(ctx, EventFilter{Host: archived.Host})
+		if err != nil || len(evs) != 3 {
+			t.Fatalf("archived events: %v %v", evs, err)
+		}
+	})
+}
