@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
-	"github.com/decnet/pull-agent/agent"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/internal/gittest"
 )
 
@@ -53,5 +54,30 @@ func BenchmarkNoOpPassVsLsRemote(b *testing.B) {
 			b.ReportMetric(float64(ls.Microseconds())/float64(b.N)/1000, "ls-remote-ms")
 			b.ReportMetric(float64(pass)/float64(ls), "pass/ls-remote")
 		})
+	}
+}
+
+// BenchmarkNoOpOnceInProcess runs `once` over SCALE_N converged deckies
+// inside the test process (engine client, fetch, parse, one listing, diff,
+// state write: everything but process start), for profiling a no-op pass:
+// go test -run '^$' -bench NoOpOnceInProcess -cpuprofile cpu.out -trace trace.out
+func BenchmarkNoOpOnceInProcess(b *testing.B) {
+	n := scaleN(b)
+	w := scaleWorld(b, n)
+	w.master = ""
+	var deckies [][2]string
+	for i := 0; i < n; i++ {
+		deckies = append(deckies, [2]string{fmt.Sprintf("d%03d", i), "ssh,http"})
+	}
+	w.commit(fmt.Sprintf("%d deckies", n), deckies, nil)
+	args := []string{"--steady-samples", "1", "--parallel", "4", "--steady-timeout", "120s"}
+	if code, out := w.once(args...); code != 0 {
+		b.Fatalf("converging %d deckies: exit %d\n%s", n, code, lastLines(out, 20))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if code, out := w.once(args...); code != 0 {
+			b.Fatalf("no-op once: exit %d\n%s", code, lastLines(out, 20))
+		}
 	}
 }

@@ -34,7 +34,10 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 		deckies = append(deckies, [2]string{fmt.Sprintf("d%03d", i), "ssh,http"})
 	}
 	w.commit(fmt.Sprintf("%d deckies", n), deckies, nil)
-	args := append(w.onceArgs(), "--probe=false", "--steady-samples", "1", "--parallel", "4", "--steady-timeout", "120s")
+	// Probing stays on: without it a decky can be given an address a LAN
+	// machine holds (the test LAN's peer), and every once then reports an
+	// identity drift instead of passing as a no-op.
+	args := append(w.onceArgs(), "--steady-samples", "1", "--parallel", "4", "--steady-timeout", "120s")
 	if code, out := runAgent(b, args...); code != 0 {
 		b.Fatalf("converging %d deckies: exit %d\n%s", n, code, lastLines(out, 20))
 	}
@@ -125,4 +128,51 @@ func procStatusKB(b *testing.B, pid int, field string) int64 {
 	}
 	b.Fatalf("/proc/%d/status has no %s", pid, field)
 	return 0
+}
+
+// TestNoOpOnceEngineCalls pins what a no-op `once` asks of the Engine:
+// one listing of the containers for the pass (plus at most one more for
+// the heartbeat's view after it), one network lookup, one inspect per
+// distinct image, and nothing per container: no container inspect, no
+// mutation. A per-decky call would make a no-op pass grow with the fleet.
+func TestNoOpOnceEngineCalls(t *testing.T) {
+	spy := newDockerSpy(t)
+	w := newWorld(t)
+	w.master = ""
+	w.commit("three deckies", [][2]string{{"a", "ssh,http"}, {"b", "ssh,http"}, {"c", "ssh"}}, nil)
+	if code, out := w.once(); code != 0 {
+		t.Fatalf("converging: exit %d\n%s", code, out)
+	}
+	calls := spy.count()
+	if code, out := w.once(); code != 0 {
+		t.Fatalf("no-op once: exit %d\n%s", code, out)
+	}
+	got := spy.since(calls)
+	t.Logf("Engine calls of a no-op once: %v", got)
+	lists, images := 0, map[string]bool{}
+	for _, c := range got {
+		method, path, _ := strings.Cut(c, " ")
+		if strings.HasPrefix(path, "/v1.") { // the negotiated API version
+			path = path[strings.Index(path[1:], "/")+1:]
+		}
+		switch {
+		case method != "GET":
+			t.Errorf("a no-op once mutated the Engine: %s", c)
+		case path == "/containers/json":
+			lists++
+		case strings.HasPrefix(path, "/containers/"):
+			t.Errorf("a no-op once asked about one container: %s", c)
+		case strings.HasPrefix(path, "/images/") && strings.HasSuffix(path, "/json"):
+			if images[path] {
+				t.Errorf("a no-op once inspected the same image twice: %s", c)
+			}
+			images[path] = true
+		case path == "/networks":
+		default:
+			t.Errorf("unexpected Engine call in a no-op once: %s", c)
+		}
+	}
+	if lists < 1 || lists > 2 {
+		t.Errorf("%d container listings in a no-op once, want 1 (2 while the helper step lists again)", lists)
+	}
 }
