@@ -202,19 +202,30 @@ func ReadStatus(stateDir, host string) (StatusView, error) {
 	if err != nil {
 		return StatusView{}, err
 	}
-	box, err := report.OpenOutbox(filepath.Join(stateDir, "outbox"), host)
-	if err != nil {
-		return StatusView{}, err
+	// Reading never creates: a state directory without an outbox (none
+	// yet, or emptied by a decommission) stays as it is.
+	var (
+		hb              report.Heartbeat
+		delivery        string
+		depth, rejected int
+		outboxDir       = filepath.Join(stateDir, "outbox")
+		_, noOutbox     = os.Stat(outboxDir)
+		_, notSuspended = os.Stat(filepath.Join(stateDir, SuspendFile))
+	)
+	if noOutbox == nil {
+		box, err := report.OpenOutbox(outboxDir, host)
+		if err != nil {
+			return StatusView{}, err
+		}
+		hb, _ = box.Heartbeat()
+		if d, ok := box.Delivery(); ok {
+			delivery = d.String()
+		}
+		depth, rejected = box.Depth(), box.Rejected()
 	}
-	hb, _ := box.Heartbeat()
-	delivery := ""
-	if d, ok := box.Delivery(); ok {
-		delivery = d.String()
-	}
-	_, suspended := os.Stat(filepath.Join(stateDir, SuspendFile))
-	out := StatusView{Suspended: hb.Suspended || suspended == nil, Delivery: delivery,
+	out := StatusView{Suspended: hb.Suspended || notSuspended == nil, Delivery: delivery,
 		Host: host, Commit: st.LastCommit, Remote: st.LastRemote, Verified: st.Verified, LastFetchOK: st.LastFetchOK, LastApply: st.LastApply,
-		LastClean: st.LastClean, PassError: hb.PassError, OutboxDepth: box.Depth(), OutboxRejected: box.Rejected(),
+		LastClean: st.LastClean, PassError: hb.PassError, OutboxDepth: depth, OutboxRejected: rejected,
 		Deckies: map[string]DeckyView{},
 	}
 	for name, a := range st.Addresses {
