@@ -53,13 +53,21 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 		}
 		return time.Since(t0), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss
 	}
-	var once, floor time.Duration
-	var onceRSS int64
+	// PULL_AGENT_BASE_BIN, when set, is another build (an older commit)
+	// run interleaved on the same converged world: before/after in one run.
+	base := os.Getenv("PULL_AGENT_BASE_BIN")
+	var once, floor, baseOnce time.Duration
+	var onceRSS, baseRSS int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		d, rss := proc(agentCmd(args...))
 		once += d
 		onceRSS = max(onceRSS, rss)
+		if base != "" {
+			d, rss := proc(exec.Command(base, args...))
+			baseOnce += d
+			baseRSS = max(baseRSS, rss)
+		}
 		ls := exec.Command("git", "ls-remote", w.repo.FileURL(), "refs/heads/main")
 		ls.Env = gittest.Env()
 		d1, _ := proc(ls)
@@ -72,6 +80,11 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 	b.ReportMetric(float64(floor.Microseconds())/float64(b.N)/1000, "floor-ms")
 	b.ReportMetric(float64(once)/float64(floor), "once/floor")
 	b.ReportMetric(float64(onceRSS)/1024, "once-peak-MB")
+	if base != "" {
+		b.ReportMetric(float64(baseOnce.Microseconds())/float64(b.N)/1000, "base-once-ms")
+		b.ReportMetric(float64(baseOnce)/float64(floor), "base-once/floor")
+		b.ReportMetric(float64(baseRSS)/1024, "base-once-peak-MB")
+	}
 
 	// The daemon, idle after a pass over n converged deckies.
 	_, verRSS := proc(agentCmd("version"))
