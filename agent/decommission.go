@@ -88,6 +88,7 @@ func decommission(ctx context.Context, p *pass) error {
 	hb.PassError = fmt.Sprintf("decommissioned by commit %s (%s): every container, network and helper link of this agent removed; its state removed; the agent stopped", Short(p.rev.Commit), where)
 	hb.Status = report.Status{Runtime: map[string]report.Runtime{}}
 	a.finalDelivery(ctx, hb)
+	a.logSetAside(ctx)
 	if err := RemoveStateContents(a.cfg.StateDir, a.log); err != nil {
 		p.log.ErrorContext(ctx, "decommission: cannot remove all of the state directory's contents", "dir", a.cfg.StateDir, "err", err)
 	}
@@ -266,4 +267,17 @@ func baseNames(paths []string) []string {
 		out[i] = filepath.Base(p)
 	}
 	return out
+}
+
+// logSetAside writes every event the outbox holds set aside (refused by
+// the master's per-event verdict, or unreadable) as one log line each
+// before the outbox is deleted: the log outlives the state directory.
+func (a *Agent) logSetAside(ctx context.Context) {
+	recs, err := a.d.Outbox.RejectedRecords()
+	if err != nil {
+		a.log.ErrorContext(ctx, "decommission: cannot read the events set aside", "err", err)
+	}
+	for _, r := range recs {
+		a.log.WarnContext(ctx, "decommission: event set aside, never delivered", "seq", r.Seq, "reason", r.Reason, "event", r.Data)
+	}
 }

@@ -417,3 +417,28 @@ func TestDecommissionWaitsWhileSuspended(t *testing.T) {
 		t.Fatalf("after resume: %v", err)
 	}
 }
+
+// Events the master refused one by one (set aside in rejected/) are
+// written to the log before the outbox is deleted: the log outlives the
+// state directory.
+func TestDecommissionLogsSetAsideEvents(t *testing.T) {
+	w := newDecomWorld(t)
+	ev, err := w.box.Add(report.Event{DeckyName: "old", Operation: "deploy", Status: "failed", Error: "refused by the master"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.box.SetAside(ev, "422: malformed config_hash"); err != nil {
+		t.Fatal(err)
+	}
+	w.decommission(true)
+	if _, err := w.pass(false); !errors.Is(err, agent.ErrDecommissioned) {
+		t.Fatalf("pass = %v, want ErrDecommissioned", err)
+	}
+	lines := w.logLines("decommission: event set aside, never delivered")
+	if len(lines) != 1 || lines[0]["reason"] != "422: malformed config_hash" || !strings.Contains(fmt.Sprint(lines[0]["event"]), `"refused by the master"`) {
+		t.Fatalf("set-aside log lines = %v\n%s", lines, w.logs)
+	}
+	if got := stateEntries(t, w.cfg.StateDir); len(got) != 0 {
+		t.Fatalf("state directory after decommission: %v, want empty", got)
+	}
+}

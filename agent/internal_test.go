@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/decnet/pull-agent/engine"
 )
@@ -33,5 +38,21 @@ func TestHeldAndForeignAddresses(t *testing.T) {
 	foreign := foreignAddresses(cs, "w", "lan")
 	if _, ok := foreign[ip("198.51.100.12")]; len(foreign) != 1 || !ok {
 		t.Fatalf("foreign = %v", foreign)
+	}
+}
+
+// The pass that decommissions is counted as such, not as a pass that
+// could not start.
+func TestMetricsCountTheDecommissioningPass(t *testing.T) {
+	m := NewMetrics("t")
+	a := &Agent{now: time.Now}
+	m.Observe(a, &Result{}, &StepError{Step: "decommission", Err: ErrDecommissioned}, time.Second)
+	m.Observe(a, &Result{}, &StepError{Step: "fetch", Err: errors.New("unreachable")}, time.Second)
+	rec := httptest.NewRecorder()
+	MetricsHandler(m, http.NotFoundHandler()).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{`pull_agent_passes_total{result="decommissioned"} 1`, `pull_agent_passes_total{result="not_started"} 1`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }

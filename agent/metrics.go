@@ -37,7 +37,7 @@ func NewMetrics(version string) *Metrics {
 	m := &Metrics{version: version,
 		reg: prometheus.NewRegistry(),
 		passes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pull_agent_passes_total",
-			Help: "Passes by result: applied (converged), failed (a decky failed), skipped (nothing moved), not_started (fetch, refusal, invalid repo)."}, []string{"result"}),
+			Help: "Passes by result: applied (converged), failed (a decky failed), skipped (nothing moved), not_started (fetch, refusal, invalid repo), decommissioned (the last pass: everything removed)."}, []string{"result"}),
 		passTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pull_agent_pass_duration_seconds",
 			Help: "Wall time of passes that ran.", Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12)}),
 		deckies: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_deckies",
@@ -60,6 +60,8 @@ func NewMetrics(version string) *Metrics {
 // Observe records one pass of a.
 func (m *Metrics) Observe(a *Agent, res *Result, err error, took time.Duration) {
 	switch {
+	case errors.Is(err, ErrDecommissioned):
+		m.passes.WithLabelValues("decommissioned").Inc()
 	case err != nil:
 		m.passes.WithLabelValues("not_started").Inc()
 	case res.Skipped:

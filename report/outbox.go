@@ -302,6 +302,39 @@ func (o *Outbox) Rejected() int {
 	return len(seqs)
 }
 
+// RejectedRecord is one event set aside in rejected/: the file as stored
+// (it may be unreadable; capped at 16 KiB) and the reason kept beside it.
+type RejectedRecord struct {
+	Seq          uint64
+	Data, Reason string
+}
+
+// RejectedRecords reads every event set aside, in sequence order, so that
+// an agent about to delete its outbox (decommission) can log them.
+func (o *Outbox) RejectedRecords() ([]RejectedRecord, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	rej := filepath.Join(o.dir, rejectedDir)
+	seqs, err := listSeqs(rej)
+	if err != nil {
+		return nil, err
+	}
+	var out []RejectedRecord
+	for _, s := range seqs {
+		r := RejectedRecord{Seq: s}
+		data, err := os.ReadFile(filepath.Join(rej, eventName(s)))
+		if err != nil {
+			return out, err
+		}
+		r.Data = string(data[:min(len(data), 16<<10)])
+		if reason, err := os.ReadFile(filepath.Join(rej, strings.TrimSuffix(eventName(s), eventSuffix)+reasonSuffix)); err == nil {
+			r.Reason = strings.TrimSpace(string(reason))
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // Ack deletes delivered events.
 func (o *Outbox) Ack(events []Event) error {
 	o.mu.Lock()
