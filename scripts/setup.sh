@@ -2,7 +2,8 @@
 # Installs and starts what pull-agent's demo and tests need on a Debian 12
 # machine with Go: Docker Engine (Debian's docker.io), git, iproute2, curl,
 # gnupg and ssh-keygen (signed-commit tests), chromium (the status page
-# test) and zsh (the completion script's check). Idempotent: anything already present is left alone.
+# test) and zsh (the completion script's check). Idempotent: anything
+# already present is left alone.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then

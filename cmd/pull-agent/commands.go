@@ -289,12 +289,15 @@ func cmdVersion(args []string, stdout, stderr io.Writer) error {
 }
 
 // cmdCompletion prints a completion script built from the commands' real
-// flag sets: each command of the spec runs with -h (internal/completion).
+// flag sets: each command of the spec runs with -h (internal/completion);
+// --config= keeps a broken config file from hiding the flags.
 func cmdCompletion(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) != 1 || (args[0] != "bash" && args[0] != "zsh") {
 		return usageErr("usage: pull-agent completion bash|zsh  (e.g. source <(pull-agent completion bash))")
 	}
-	root, err := completion.Build("pull-agent", completionSpec, func(path []string, out io.Writer) { run(ctx, append(path, "-h"), out, out) })
+	root, err := completion.Build("pull-agent", completionSpec, func(path []string, out io.Writer) {
+		run(ctx, append(path, "--config=", "-h"), out, out)
+	})
 	if err != nil {
 		return err
 	}

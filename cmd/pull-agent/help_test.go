@@ -172,6 +172,12 @@ func TestVersionCommand(t *testing.T) {
 // exactly the flags its -h lists; both scripts pass the shells' syntax
 // check (zsh's only where zsh is installed, which CI's setup does).
 func TestCompletionMatchesTheFlagSets(t *testing.T) {
+	// A broken config file does not hide the agent commands' flags.
+	broken := filepath.Join(t.TempDir(), "broken.yaml")
+	if err := os.WriteFile(broken, []byte("repo: [unclosed\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PULL_AGENT_CONFIG", broken)
 	scripts := map[string]string{}
 	for _, shell := range []string{"bash", "zsh"} {
 		var out, errOut bytes.Buffer
@@ -190,6 +196,7 @@ func TestCompletionMatchesTheFlagSets(t *testing.T) {
 			t.Fatalf("%s -n: %v\n%s", shell, err, out)
 		}
 	}
+	os.Unsetenv("PULL_AGENT_CONFIG") // t.Setenv restores it at the end
 	if code := run(context.Background(), []string{"completion", "fish"}, io.Discard, io.Discard); code != exitUsage {
 		t.Errorf("completion fish: exit %d, want %d", code, exitUsage)
 	}
