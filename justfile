@@ -7,8 +7,12 @@ export GIT_CONFIG_GLOBAL := "/dev/null"
 # Build pull-agent and the decoy into bin/
 build:
     mkdir -p bin
-    go build -ldflags "-X main.version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/pull-agent ./cmd/pull-agent
+    go build -ldflags "$(scripts/release.sh --ldflags)" -o bin/pull-agent ./cmd/pull-agent
     CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/decoy ./cmd/decoy
+
+# Static, stamped binaries for linux amd64 and arm64 and SHA256SUMS in dist/ (VERSION=v1.2.0 to name it)
+release:
+    ./scripts/release.sh
 
 # Every test, as CI runs it (installs and starts Docker when absent)
 test *args:
