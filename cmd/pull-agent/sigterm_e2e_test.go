@@ -3,16 +3,22 @@ package main
 import (
 	"errors"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/decnet/pull-agent/internal/state"
+	"github.com/decnet/pull-agent/report"
 )
 
 // Issue 9 (e): SIGTERM in the middle of an apply is a shutdown, not a
 // failure. The daemon exits 0; the decky in flight gets no failure event
-// and no failure count; the outbox is flushed; the next pass converges it.
+// and no failure count; the outbox is flushed (empty on disk after the
+// exit, nothing set aside); the next pass converges it. Issue 14: while
+// the daemon holds the state directory, a second agent on it (once, reap)
+// refuses with exit 3 and says the directory is in use.
 // The steady-state check is made long (samples x interval) so that the
 // signal lands while the new decky is being applied: the signal is sent
 // once its base container exists, which is what the test waits for, not
@@ -41,6 +47,20 @@ func TestEndToEndSIGTERMDuringApply(t *testing.T) {
 		_, ok := w.owned()[late]
 		return ok
 	}, out.String)
+	// A second agent on the same state directory refuses, and touches
+	// nothing (reap would otherwise remove the daemon's deckies).
+	for _, args := range [][]string{
+		w.faultArgs("once", m),
+		{"reap", "--yes", "--host", w.host, "--network", w.net, "--helper", w.helper, "--state-dir", w.state},
+	} {
+		code, sout := runAgent(t, args...)
+		if code != exitNoStart || !strings.Contains(sout, "is in use by another pull-agent process") {
+			t.Errorf("%s beside the daemon: exit %d, want %d and a message that the state directory is in use:\n%s", args[0], code, exitNoStart, sout)
+		}
+	}
+	if _, ok := w.owned()[late]; !ok {
+		t.Fatalf("the refused second agent removed %s", late)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +78,13 @@ func TestEndToEndSIGTERMDuringApply(t *testing.T) {
 		if r.DeckyName == late && r.Status != "succeeded" {
 			t.Errorf("shutdown reported as %s for %s: %s\n%s", r.Status, late, r.Error, out.String())
 		}
+	}
+	box, err := report.OpenOutbox(filepath.Join(w.state, "outbox"), w.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, r := box.Depth(), box.Rejected(); d != 0 || r != 0 {
+		t.Errorf("outbox after the exit: %d events waiting, %d set aside; want it flushed\n%s", d, r, out.String())
 	}
 	st, err := state.Load(w.state, w.host)
 	if err != nil {
