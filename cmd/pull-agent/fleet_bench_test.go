@@ -405,6 +405,8 @@ type fleetFigures struct {
 	lsRemotes      int
 	lsReq          requests
 	lsCPU          time.Duration
+	pollRemoteCPU  time.Duration   // the remote's CPU from the push until every agent applied, polling
+	trigRemoteCPU  time.Duration   // the same, webhook
 	pollLatency    []time.Duration // push -> applied, per agent, polling
 	triggerLatency []time.Duration // push -> applied, per agent, webhook
 	// appliedByTrigger counts agents that applied the webhook's commit in
@@ -458,8 +460,9 @@ func runFleet(t testing.TB, n int, interval time.Duration, polls, k int) fleetFi
 	f.start(interval, interval)
 	f.waitAll("polling: one pass each before the push", long+interval, func(i int, fa *fleetAgent) bool { return fa.count() > p2[i] })
 	c2 := f.push()
-	pushed := time.Now()
+	pushed, rc := time.Now(), f.remote.cpu(t)
 	f.waitAll("polling: the pushed commit applied", long+2*interval, func(_ int, fa *fleetAgent) bool { _, ok := fa.appliedAt(c2); return ok })
+	fig.pollRemoteCPU = f.remote.cpu(t) - rc
 	f.stop()
 	for _, fa := range f.agents {
 		at, _ := fa.appliedAt(c2)
@@ -472,9 +475,10 @@ func runFleet(t testing.TB, n int, interval time.Duration, polls, k int) fleetFi
 	f.waitAll("webhook: the start pass", long, func(i int, fa *fleetAgent) bool { return fa.count() > p3[i] })
 	p4 := f.passes()
 	c3 := f.push()
-	pushed = time.Now()
+	pushed, rc = time.Now(), f.remote.cpu(t)
 	f.trigger(c3)
 	f.waitAll("webhook: the pushed commit applied", long, func(_ int, fa *fleetAgent) bool { _, ok := fa.appliedAt(c3); return ok })
+	fig.trigRemoteCPU = f.remote.cpu(t) - rc
 	p5 := f.passes()
 	f.stop()
 	for i, fa := range f.agents {
@@ -540,6 +544,7 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		}
 	}
 	for i := 0; i < b.N; i++ {
+		cpu0 := selfCPU(b)
 		fig := runFleet(b, n, interval, 3, 20)
 		perPoll := fig.noopCPU / time.Duration(max(fig.noopReq.refs, 1))
 		perLs := fig.lsCPU / time.Duration(fig.lsRemotes)
@@ -547,10 +552,11 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		trigP50, trigMax := medianMax(fig.triggerLatency)
 		b.Logf("%d agents, interval %s: %d no-op passes cost the remote %s CPU (%s per poll; %d advertisements, %d packs); "+
 			"%d git ls-remote %s (%s each; %d advertisements, %d upload-pack requests); "+
-			"push to applied: polling p50 %s max %s, webhook p50 %s max %s (%d of %d applied by the trigger's pass)",
+			"push to applied: polling p50 %s max %s (remote CPU meanwhile %s), webhook p50 %s max %s (remote CPU meanwhile %s; %d of %d applied by the trigger's pass); "+
+			"this process's CPU (the agents') %s",
 			n, interval, fig.noopPasses, fig.noopCPU, perPoll, fig.noopReq.refs, fig.noopReq.packs,
 			fig.lsRemotes, fig.lsCPU, perLs, fig.lsReq.refs, fig.lsReq.packs,
-			pollP50, pollMax, trigP50, trigMax, fig.appliedByTrigger, n)
+			pollP50, pollMax, fig.pollRemoteCPU, trigP50, trigMax, fig.trigRemoteCPU, fig.appliedByTrigger, n, selfCPU(b)-cpu0)
 		b.ReportMetric(float64(n), "agents")
 		b.ReportMetric(interval.Seconds(), "interval-s")
 		b.ReportMetric(float64(perPoll.Microseconds()), "remote-cpu-us/poll")
@@ -560,6 +566,8 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		b.ReportMetric(pollMax.Seconds(), "poll-max-s")
 		b.ReportMetric(trigP50.Seconds(), "webhook-p50-s")
 		b.ReportMetric(trigMax.Seconds(), "webhook-max-s")
+		b.ReportMetric(fig.trigRemoteCPU.Seconds(), "webhook-remote-cpu-s")
+		b.ReportMetric(fig.pollRemoteCPU.Seconds(), "poll-remote-cpu-s")
 	}
 }
 
