@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/decnet/pull-agent/engine"
+	"github.com/decnet/pull-agent/internal/memlimit"
 )
 
 // LoopOptions tune the daemon loop. Zero fields take the defaults; the
@@ -109,6 +110,9 @@ func (a *Agent) Run(ctx context.Context, opt LoopOptions) error {
 		}
 		if opt.OnPass != nil {
 			opt.OnPass(res, err, opt.Now().Sub(t0))
+		}
+		if res == nil || !res.Skipped {
+			memlimit.AfterPass() // return what the pass held before idling
 		}
 		if errors.Is(err, ErrDecommissioned) {
 			return err // nothing is left to reconcile: the process exits 0

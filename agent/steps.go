@@ -410,10 +410,16 @@ func (a *Agent) queuedSucceeded(ctx context.Context) func(string, apply.Operatio
 // deckies serve the LAN without it; only host-to-decky traffic needs it.
 func helper(ctx context.Context, p *pass) error {
 	a := p.a
-	cs, err := a.d.Engine.ListContainers(ctx)
-	if err != nil {
-		p.log.WarnContext(ctx, "cannot list containers after the pass", "err", err)
-		return nil
+	// A pass that changed nothing reuses its own listing: what runs is
+	// what it saw (a change by someone else since then arrives as an
+	// Engine event and marks the next pass dirty).
+	cs := p.observed
+	if p.res.Changes.Changes() {
+		var err error
+		if cs, err = a.d.Engine.ListContainers(ctx); err != nil {
+			p.log.WarnContext(ctx, "cannot list containers after the pass", "err", err)
+			return nil
+		}
 	}
 	p.res.Containers = cs
 	p.ensureHelper(ctx, p.runningBases(cs))
