@@ -158,6 +158,9 @@ func dockerfileImages(dt []byte, file string, args map[string]string) ([]imageRe
 				if err != nil {
 					return nil, err
 				}
+				if strings.TrimSpace(from) == "" {
+					return nil, refuse(line, "", "COPY --from= names no stage or image")
+				}
 				external(from, line, "COPY --from")
 			}
 		case "add":
@@ -182,6 +185,9 @@ func dockerfileImages(dt []byte, file string, args map[string]string) ([]imageRe
 						from, err := expand(strings.Trim(val, `"'`), line)
 						if err != nil {
 							return nil, err
+						}
+						if strings.TrimSpace(from) == "" {
+							return nil, refuse(line, "", "RUN --mount from= names no stage or image")
 						}
 						external(from, line, "RUN --mount from=")
 					}

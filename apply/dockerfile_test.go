@@ -33,6 +33,10 @@ func TestDockerfileImages(t *testing.T) {
 			"FROM ${BASE_IMAGE}\n", map[string]string{"BASE_IMAGE": "x"}, nil, []string{"Dockerfile:1", "BASE_IMAGE", "cannot be resolved offline"}},
 		{"a declared ARG with no default and no build argument is refused",
 			"ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n", nil, nil, []string{"Dockerfile:2", "BASE_IMAGE"}},
+		{"an empty RUN --mount from= is refused with its line",
+			"FROM 0\nRUN --mount=from", nil, nil, []string{"Dockerfile:2", "RUN --mount from= names no stage or image"}},
+		{"an empty COPY --from= is refused with its line",
+			"FROM a\nCOPY --from= / /\n", nil, nil, []string{"Dockerfile:2", "COPY --from= names no stage or image"}},
 		{"a syntax directive is refused",
 			"# syntax=docker/dockerfile:1.7\nFROM scratch\n", nil, nil, []string{"Dockerfile:1", "docker/dockerfile:1.7", "frontend"}},
 		{"ADD from a URL is refused",
@@ -78,6 +82,8 @@ func FuzzDockerfileImages(f *testing.F) {
 	f.Add("FROM scratch\n")
 	f.Add("ARG A=b\nFROM ${A} AS x\nCOPY --from=x / /\nRUN --mount=from=y true\n")
 	f.Add("# syntax=x\nFROM a\n")
+	f.Add("FROM 0\nRUN --mount=from") // found by fuzzing: an empty from= was an image named ""
+	f.Add("FROM a\nCOPY --from= / /\n")
 	f.Fuzz(func(t *testing.T, df string) {
 		refs, err := dockerfileImages([]byte(df), "Dockerfile", nil)
 		if err != nil {
