@@ -28,8 +28,13 @@ fi
 # name so a new one is included, FUZZTIME (10s) each; one target per go
 # test (-fuzz matches one). `just fuzz` runs them longer. Skipped when the
 # caller narrowed the run with arguments.
+# ./apply's target is left to `just fuzz`: an instrumented build of its
+# dependencies (BuildKit's Dockerfile parser) takes ~9 min on a cold 2-core
+# machine; its seed corpus still runs with the unit tests above.
+FUZZ_CI_SKIP=${FUZZ_CI_SKIP:-./apply:FuzzDockerfileImages}
 if [ $# -eq 0 ]; then
   for t in $(grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sed -E 's#^(.*)/[^/]*:func (Fuzz.*)$#\1:\2#' | sort -u); do
+    case " $FUZZ_CI_SKIP " in *" $t "*) echo "fuzz: $t left to just fuzz"; continue ;; esac
     go test "${t%%:*}" -run '^$' -fuzz "^${t#*:}\$" -fuzztime "${FUZZTIME:-10s}"
   done
 fi
