@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	stdsync "sync"
 	"testing"
 	"time"
@@ -125,5 +126,70 @@ func TestTwoMastersOnOnePostgresKeepExactlyOnceInOrder(t *testing.T) {
 	}
 	if len(hosts) != agents {
 		t.Fatalf("%d hosts", len(hosts))
+	}
+}
+
+// Two masters on one PostgreSQL get the first heartbeat of a
+// re-provisioned worker at the same moment (a resend racing the first
+// attempt). The host upsert that refuses to overwrite the decommissioned
+// row still locks it, so the old life is archived exactly once and the
+// new life's event is recorded once, with no seq conflict and no error.
+func TestTwoMastersArchiveAReprovisionedHostOnce(t *testing.T) {
+	dsn := pgDSN(t)
+	stores := []*Store{openStore(t, dsn), openStore(t, dsn)}
+	const hosts = 16
+	for h := 0; h < hosts; h++ {
+		host := fmt.Sprintf("worker-%02d", h)
+		last := body(host, hostEv(host, 1, "succeeded", time.Now()), hostEv(host, 2, "succeeded", time.Now()))
+		last.Decommissioned = true
+		record(t, stores[h%2], last)
+	}
+	var wg stdsync.WaitGroup
+	errs := make(chan error, 2*hosts)
+	for h := 0; h < hosts; h++ {
+		host := fmt.Sprintf("worker-%02d", h)
+		reborn := body(host, report.Event{EventID: host + "-new-life-1", Seq: 1, DeckyName: "d1", Operation: "deploy", Status: "succeeded", CompletedAt: time.Now()})
+		for _, st := range stores {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b := reborn
+				rec, err := st.Record(context.Background(), &b, "", time.Now())
+				if err == nil && len(rec.Conflicts) != 0 {
+					err = fmt.Errorf("%s: seq conflicts %+v", host, rec.Conflicts)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	rows, err := stores[0].Hosts(context.Background(), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lives := map[string]int{}
+	for _, r := range rows {
+		name, _, archived := strings.Cut(r.Host, ArchivedSuffix)
+		switch {
+		case archived && (!r.Decommissioned || r.Events != 2):
+			t.Fatalf("archived life: %+v", r)
+		case !archived && (r.Decommissioned || r.Events != 1 || r.SeqConflicts != 0):
+			t.Fatalf("new life: %+v", r)
+		}
+		lives[name]++
+	}
+	if len(lives) != hosts {
+		t.Fatalf("%d host names, want %d: %v", len(lives), hosts, lives)
+	}
+	for name, n := range lives {
+		if n != 2 {
+			t.Fatalf("%s has %d lives, want 2 (one archived, one new)", name, n)
+		}
 	}
 }

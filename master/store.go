@@ -53,6 +53,14 @@ type Store struct {
 
 // Hot statements of the write path, prepared once: parsing them for
 // every event cost more than executing them.
+//
+// The host upsert's WHERE refuses one case: a row that says
+// decommissioned, overwritten by a heartbeat that does not. That is a
+// re-provisioned worker (a new life of the host name), and the upsert
+// then changes no row, which recordOne sees in its RowsAffected and
+// archives the old life before upserting again. Every other heartbeat
+// pays nothing for it: no extra statement, the predicate is read from
+// the row the conflict already found.
 const (
 	sqlUpsertHost = `
 INSERT INTO hosts(host, host_uuid, agent_version, commit_sha, remote, last_heartbeat_ns, last_fetch_ok_ns, last_apply_ns, pass_error, outbox_depth, outbox_rejected, identity, verified, suspended, decommissioned)
@@ -61,14 +69,11 @@ ON CONFLICT(host) DO UPDATE SET host_uuid=excluded.host_uuid, agent_version=excl
 	commit_sha=excluded.commit_sha, remote=excluded.remote, last_heartbeat_ns=excluded.last_heartbeat_ns,
 	last_fetch_ok_ns=excluded.last_fetch_ok_ns, last_apply_ns=excluded.last_apply_ns, pass_error=excluded.pass_error,
 	outbox_depth=excluded.outbox_depth, outbox_rejected=excluded.outbox_rejected, identity=excluded.identity,
-	verified=excluded.verified, suspended=excluded.suspended, decommissioned=excluded.decommissioned`
+	verified=excluded.verified, suspended=excluded.suspended, decommissioned=excluded.decommissioned
+WHERE hosts.decommissioned = 0 OR excluded.decommissioned = 1`
 	sqlInsertEvent = `
 INSERT INTO events(event_id, host, seq, decky, operation, status, error, commit_sha, config_hash, note, started_ns, completed_ns, received_ns)
 VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
-	// A worker that was decommissioned and reports again without saying
-	// so is a new life of that host name: its old history is archived
-	// under another name first (archiveDecommissioned).
-	sqlArchiveHost    = `UPDATE hosts SET host = ? WHERE host = ? AND decommissioned = 1`
 	sqlHostCommit     = `INSERT INTO host_commits(host, commit_sha, first_ns) VALUES(?,?,?) ON CONFLICT DO NOTHING`
 	sqlDeckiesChanged = `UPDATE hosts SET deckies_hash = ? WHERE host = ? AND deckies_hash <> ?`
 	sqlDeleteDeckies  = `DELETE FROM deckies WHERE host = ?`
@@ -77,7 +82,7 @@ VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`
 
 func (s *Store) prepare(ctx context.Context) error {
 	s.stmts = map[string]*sql.Stmt{}
-	for _, q := range []string{sqlArchiveHost, sqlUpsertHost, sqlHostCommit, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
+	for _, q := range []string{sqlUpsertHost, sqlHostCommit, sqlInsertEvent, sqlDeckiesChanged, sqlDeleteDeckies, sqlInsertDecky} {
 		st, err := s.w.PrepareContext(ctx, s.q(q))
 		if err != nil {
 			return fmt.Errorf("failed to prepare %q: %w", strings.Fields(q)[0:3], err)
@@ -416,18 +421,34 @@ func (s *Store) withRetry(f func() error) error {
 func (s *Store) recordOne(ctx context.Context, tx *sql.Tx, j *job) (Recorded, error) {
 	b, now := j.b, ns(j.now)
 	var rec Recorded
-	if !b.Decommissioned {
+	// First, so that it locks the host's row: reports of one host are
+	// written one after the other even by several masters. PostgreSQL
+	// locks the row even when the upsert's WHERE refuses the update.
+	upsert := func() (int64, error) {
+		res, err := s.exec(ctx, tx, sqlUpsertHost,
+			b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, now, ns(b.LastFetchOK), ns(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, j.identity,
+			b.Verified, boolInt(b.Suspended), boolInt(b.Decommissioned))
+		if err != nil {
+			return 0, fmt.Errorf("failed to record the heartbeat of %s: %w", b.Host, err)
+		}
+		return res.RowsAffected()
+	}
+	n, err := upsert()
+	if err != nil {
+		return rec, err
+	}
+	if n == 0 {
+		// Refused by the upsert's WHERE: the row is a decommissioned life
+		// and this heartbeat starts a new one (sqlUpsertHost).
 		if err := s.archiveDecommissioned(ctx, tx, b.Host, j.now); err != nil {
 			return rec, err
 		}
-	}
-	// First, so that it locks the host's row: reports of one host are
-	// written one after the other even by several masters.
-	_, err := s.exec(ctx, tx, sqlUpsertHost,
-		b.Host, b.HostUUID, b.AgentVersion, b.Commit, b.Remote, now, ns(b.LastFetchOK), ns(b.LastApply), b.PassError, b.OutboxDepth, b.OutboxRejects, j.identity,
-		b.Verified, boolInt(b.Suspended), boolInt(b.Decommissioned))
-	if err != nil {
-		return rec, fmt.Errorf("failed to record the heartbeat of %s: %w", b.Host, err)
+		if n, err = upsert(); err != nil {
+			return rec, err
+		}
+		if n != 1 {
+			return rec, fmt.Errorf("failed to record the heartbeat of %s: its host row was not written after archiving", b.Host)
+		}
 	}
 	if b.Commit != "" {
 		// Rollout progress: when this host first had this commit applied.
@@ -573,14 +594,21 @@ const ArchivedSuffix = "~decommissioned-"
 // being decommissioned: a re-provisioned worker starts its event
 // sequence at 1 again, and would otherwise see every event kept aside as
 // a seq conflict with its previous life. Nothing is deleted.
+//
+// It runs only when the host upsert refused to overwrite a decommissioned
+// row (rare), so its statements are not prepared.
 func (s *Store) archiveDecommissioned(ctx context.Context, tx *sql.Tx, host string, now time.Time) error {
 	archived := host + ArchivedSuffix + now.UTC().Format("20060102t150405.000000000z")
-	res, err := s.exec(ctx, tx, sqlArchiveHost, archived, host)
+	res, err := tx.ExecContext(ctx, s.q(`UPDATE hosts SET host = ? WHERE host = ? AND decommissioned = 1`), archived, host)
 	if err != nil {
 		return fmt.Errorf("failed to archive the decommissioned history of %s: %w", host, err)
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
-		return err
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("failed to archive the decommissioned history of %s: %w", host, err)
+	} else if n != 1 {
+		// The upsert found this row decommissioned and holds its lock:
+		// anything else is a bug, not a race.
+		return fmt.Errorf("failed to archive the decommissioned history of %s: %d host rows renamed, want 1", host, n)
 	}
 	for _, table := range []string{"events", "deckies", "host_commits", "seq_conflicts"} {
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE `+table+` SET host = ? WHERE host = ?`), archived, host); err != nil {
