@@ -585,6 +585,7 @@ func TestReapOneDecky(t *testing.T) {
 	w := newWorld(t)
 	w.push("a:ssh", "b:ssh,http")
 	w.mustPass(true)
+	before, _ := state.Load(w.cfg.StateDir, "w")
 	n, err := agent.Reap(context.Background(), agent.ReapOptions{Host: "w", StateDir: w.cfg.StateDir, Decky: "b", Outbox: w.box}, w.eng, w.lan)
 	if err != nil || n != 3 {
 		t.Fatalf("reap --decky b: %d %v", n, err)
@@ -595,6 +596,10 @@ func TestReapOneDecky(t *testing.T) {
 	es, _ := w.box.Pending(10)
 	if got := events(es); !slices.Equal(got, []string{"b teardown succeeded"}) {
 		t.Fatalf("queued = %v", got)
+	}
+	// The teardown names what was torn down: the configuration applied.
+	if es[0].ConfigHash == "" || es[0].ConfigHash != before.Applied["b"] || es[0].Commit != before.LastCommit {
+		t.Fatalf("teardown event hash %q commit %q, want the applied %q at %q", es[0].ConfigHash, es[0].Commit, before.Applied["b"], before.LastCommit)
 	}
 	st, _ := state.Load(w.cfg.StateDir, "w")
 	if _, ok := st.Applied["b"]; ok || st.LastClean {

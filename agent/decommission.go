@@ -142,18 +142,11 @@ func (p *pass) teardownAll(ctx context.Context, byDecky map[string][]engine.Cont
 	var events []report.Event
 	var errs []error
 	for _, d := range SortedKeys(names) {
-		started := a.now().UTC()
-		ev := report.Event{DeckyName: d, Operation: string(apply.OpTeardown), Status: apply.Succeeded, Commit: p.rev.Commit,
-			ConfigHash: a.st.Applied[d], StartedAt: started, Note: note}
-		if err := reaper.RemoveDecky(ctx, a.d.Engine, byDecky[d]); err != nil {
-			ev.Status, ev.Error = apply.FailedSt, err.Error()
+		ev, err := teardownDecky(ctx, a.d.Engine, a.st, d, byDecky[d], a.now, note)
+		ev.Commit = p.rev.Commit
+		if err != nil {
 			errs = append(errs, fmt.Errorf("decky %s: %w", d, err))
-		} else {
-			delete(a.st.Applied, d)
-			delete(a.st.Addresses, d)
-			delete(a.st.Failures, d)
 		}
-		ev.CompletedAt = a.now().UTC()
 		events = append(events, ev)
 	}
 	// What is left: owned containers without a decky label, and the
@@ -163,12 +156,14 @@ func (p *pass) teardownAll(ctx context.Context, byDecky map[string][]engine.Cont
 	if _, err := reaper.All(ctx, a.d.Engine, a.cfg.Host, nets); err != nil {
 		errs = append(errs, err)
 	}
-	if a.cfg.Helper != "" {
-		if err := a.d.LAN.RemoveHelper(a.cfg.Helper, a.cfg.Host); err != nil {
+	// Every name the link may have: the network's driver may have changed
+	// since it was made (DECNET's ipvlan variant has its own name).
+	for _, h := range helperNames(a.cfg.Helper) {
+		if err := a.d.LAN.RemoveHelper(h, a.cfg.Host); err != nil {
 			if !errors.Is(err, hostnet.ErrHelperNotOwned) {
-				errs = append(errs, fmt.Errorf("helper link %s: %w", a.cfg.Helper, err))
+				errs = append(errs, fmt.Errorf("helper link %s: %w", h, err))
 			} else {
-				p.log.WarnContext(ctx, "decommission: the helper link is not this agent's; left in place", "link", a.cfg.Helper)
+				p.log.WarnContext(ctx, "decommission: the helper link is not this agent's; left in place", "link", h)
 			}
 		}
 	}

@@ -159,6 +159,7 @@ func TestDecommissionOrder(t *testing.T) {
 	}
 	want := []string{
 		"RemoveHelper decnet_macvlan0 w",
+		"RemoveHelper decnet_ipvlan0 w", // the link's name had the network been ipvlan
 		"Flush depth=2 decommissioned=true",
 		"state dir at flush: lock,outbox,state.json",
 		"delivered a teardown succeeded",

@@ -76,10 +76,29 @@ func (p *pass) helperLink() string {
 	if a.cfg.Helper == "" || len(p.lan.HostAddrs) == 0 {
 		return ""
 	}
-	if a.cfg.Helper == "decnet_macvlan0" && p.net.Driver == desired.DriverIPvlan {
-		return "decnet_ipvlan0" // DECNET's name for the ipvlan variant
+	if a.cfg.Helper == DefaultHelper && p.net.Driver == desired.DriverIPvlan {
+		return defaultIPvlanHelper
 	}
 	return a.cfg.Helper
+}
+
+// DefaultHelper is DECNET's helper link name; with an ipvlan network the
+// link is defaultIPvlanHelper instead (DECNET's names, kept).
+const (
+	DefaultHelper       = "decnet_macvlan0"
+	defaultIPvlanHelper = "decnet_ipvlan0"
+)
+
+// helperNames lists every name the helper link configured as name can
+// have, whatever the network's driver: what teardown must look for.
+func helperNames(name string) []string {
+	switch name {
+	case "":
+		return nil
+	case DefaultHelper:
+		return []string{DefaultHelper, defaultIPvlanHelper}
+	}
+	return []string{name}
 }
 
 // ensureHelper keeps the helper link with a /32 route to each of ips (and

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,24 @@ func TestMetricsCountTheDecommissioningPass(t *testing.T) {
 	for _, want := range []string{`pull_agent_passes_total{result="decommissioned"} 1`, `pull_agent_passes_total{result="not_started"} 1`} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestHelperNames: teardown looks for every name the configured helper
+// link can have: DECNET's default has an ipvlan variant, a name the
+// operator chose has none, and an empty name (disabled) means none.
+func TestHelperNames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want []string
+	}{
+		{DefaultHelper, []string{"decnet_macvlan0", "decnet_ipvlan0"}},
+		{"lan-helper0", []string{"lan-helper0"}},
+		{"", nil},
+	} {
+		if got := helperNames(tc.name); !slices.Equal(got, tc.want) {
+			t.Errorf("helperNames(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -45,7 +45,7 @@ func Reap(ctx context.Context, opt ReapOptions, eng reaper.Cleaner, lan LAN) (in
 		opt.Networks = []string{desired.DefaultNetworkName}
 	}
 	if len(opt.Helpers) == 0 {
-		opt.Helpers = []string{"decnet_macvlan0", "decnet_ipvlan0"}
+		opt.Helpers = helperNames(DefaultHelper)
 	}
 	n, err := reaper.All(ctx, eng, opt.Host, opt.Networks)
 	if lan != nil {
@@ -68,32 +68,22 @@ func reapDecky(ctx context.Context, opt ReapOptions, eng reaper.Cleaner) (int, e
 	if err != nil {
 		return 0, err
 	}
-	var mine []engine.Container
-	for _, c := range cs {
-		if c.Owner() == opt.Host && c.Decky() == opt.Decky {
-			mine = append(mine, c)
-		}
-	}
+	mine := ownedByDecky(cs, opt.Host)[opt.Decky]
 	if len(mine) == 0 {
 		return 0, fmt.Errorf("no decky %q owned by %s on this worker", opt.Decky, opt.Host)
 	}
-	started := time.Now().UTC()
-	rerr := reaper.RemoveDecky(ctx, eng, mine)
-	ev := report.Event{DeckyName: opt.Decky, Operation: string(apply.OpTeardown), Status: apply.Succeeded,
-		StartedAt: started, CompletedAt: time.Now().UTC(), Note: "pull-agent reap --decky"}
-	if rerr != nil {
-		ev.Status, ev.Error = apply.FailedSt, rerr.Error()
+	// A state that cannot be read does not stop the removal the operator
+	// asked for; it is not saved, and its error is returned.
+	st, lerr := state.Load(opt.StateDir, opt.Host)
+	if lerr != nil {
+		st = &state.State{Applied: map[string]string{}, Addresses: map[string]state.Address{}, Failures: map[string]state.Failure{}}
 	}
-	st, err := state.Load(opt.StateDir, opt.Host)
-	if err == nil {
-		ev.Commit = st.LastCommit
-		if rerr == nil {
-			delete(st.Applied, opt.Decky)
-			delete(st.Addresses, opt.Decky)
-			delete(st.Failures, opt.Decky)
-			st.LastClean = false // the next pass looks again (recreates it if desired)
-			err = st.Save(opt.StateDir)
-		}
+	ev, rerr := teardownDecky(ctx, eng, st, opt.Decky, mine, time.Now, "pull-agent reap --decky")
+	ev.Commit = st.LastCommit
+	err = lerr
+	if rerr == nil && lerr == nil {
+		st.LastClean = false // the next pass looks again (recreates it if desired)
+		err = st.Save(opt.StateDir)
 	}
 	if opt.Outbox != nil {
 		if _, qerr := opt.Outbox.Add(ev); qerr != nil {
@@ -104,4 +94,22 @@ func reapDecky(ctx context.Context, opt ReapOptions, eng reaper.Cleaner) (int, e
 		return 0, rerr
 	}
 	return len(mine), err
+}
+
+// teardownDecky removes one decky's containers (services, then its base,
+// which holds the address) and returns its teardown event; on success the
+// state forgets the decky. Reap and decommission both tear down this way.
+func teardownDecky(ctx context.Context, eng reaper.Remover, st *state.State, decky string, cs []engine.Container, now func() time.Time, note string) (report.Event, error) {
+	ev := report.Event{DeckyName: decky, Operation: string(apply.OpTeardown), Status: apply.Succeeded,
+		ConfigHash: st.Applied[decky], StartedAt: now().UTC(), Note: note}
+	err := reaper.RemoveDecky(ctx, eng, cs)
+	ev.CompletedAt = now().UTC()
+	if err != nil {
+		ev.Status, ev.Error = apply.FailedSt, err.Error()
+		return ev, err
+	}
+	delete(st.Applied, decky)
+	delete(st.Addresses, decky)
+	delete(st.Failures, decky)
+	return ev, nil
 }

@@ -96,7 +96,7 @@ func (c *agentConfig) bind(f *flags) {
 	f.Int(&c.retryBudget, "retry-budget", 3, "failed attempts at one desired state before a decky is quarantined")
 	f.Bool(&c.allowPull, "allow-pull", false, "let Compose pull image references missing on this worker from a registry")
 	f.Bool(&c.probe, "probe", true, "probe every address with ARP before its first use and skip addresses in use (RFC 5227)")
-	f.String(&c.helper, "helper", "decnet_macvlan0", "host-side link through which the worker reaches its deckies (DECNET's; decnet_ipvlan0 with ipvlan); empty to disable")
+	f.String(&c.helper, "helper", agent.DefaultHelper, "host-side link through which the worker reaches its deckies (DECNET's; decnet_ipvlan0 with ipvlan); empty to disable")
 	f.String(&c.master, "master", "", "master base URL to report to, e.g. https://master:8770 (empty: do not report; plan never reports)")
 	f.String(&c.masterCA, "master-ca", "", "PEM CA bundle that signs the master's certificate")
 	f.String(&c.masterCert, "master-cert", "", "client certificate (PEM) for mTLS to the master")
