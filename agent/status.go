@@ -209,10 +209,8 @@ func ReadStatus(stateDir, host string) (StatusView, error) {
 		delivery        string
 		depth, rejected int
 		outboxDir       = filepath.Join(stateDir, "outbox")
-		_, noOutbox     = os.Stat(outboxDir)
-		_, notSuspended = os.Stat(filepath.Join(stateDir, SuspendFile))
 	)
-	if noOutbox == nil {
+	if _, err := os.Stat(outboxDir); err == nil {
 		box, err := report.OpenOutbox(outboxDir, host)
 		if err != nil {
 			return StatusView{}, err
@@ -223,7 +221,9 @@ func ReadStatus(stateDir, host string) (StatusView, error) {
 		}
 		depth, rejected = box.Depth(), box.Rejected()
 	}
-	out := StatusView{Suspended: hb.Suspended || notSuspended == nil, Delivery: delivery,
+	_, err = os.Stat(filepath.Join(stateDir, SuspendFile))
+	suspendFile := err == nil
+	out := StatusView{Suspended: hb.Suspended || suspendFile, Delivery: delivery,
 		Host: host, Commit: st.LastCommit, Remote: st.LastRemote, Verified: st.Verified, LastFetchOK: st.LastFetchOK, LastApply: st.LastApply,
 		LastClean: st.LastClean, PassError: hb.PassError, OutboxDepth: depth, OutboxRejected: rejected,
 		Deckies: map[string]DeckyView{},
