@@ -83,7 +83,12 @@ type Result struct {
 	CompletedAt time.Time
 }
 
-// Applier applies change sets for one Compose project and network.
+// Applier applies change sets for one fleet (its Compose project name) and
+// network. Each decky is applied as a Compose project of its own
+// ([DeckyProject]), except a decky already running under another project
+// name (an older agent's one shared project): it stays there until all its
+// containers are replaced anyway, so an upgrade of the agent recreates
+// nothing.
 type Applier struct {
 	eng        Engine
 	opt        Options
@@ -169,7 +174,16 @@ func (a *Applier) applyOne(ctx context.Context, e Entry, imgErr map[string]error
 			return err
 		}
 	}
-	if len(e.Drop) > 0 {
+	project, move := e.composeProject(a.project)
+	if move {
+		// The decky lives in an older, shared Compose project and every one
+		// of its containers is replaced now anyway (RecreateBase): they are
+		// removed first, so that Compose creates the decky in its own
+		// project instead of finding their names taken.
+		if err := reaper.RemoveDecky(ctx, a.eng, e.observed); err != nil {
+			return fmt.Errorf("failed to remove the decky's containers to move it to Compose project %s: %w", project, err)
+		}
+	} else if len(e.Drop) > 0 {
 		drop := map[string]bool{}
 		for _, s := range e.Drop {
 			drop[s] = true
@@ -197,7 +211,7 @@ func (a *Applier) applyOne(ctx context.Context, e Entry, imgErr map[string]error
 	}
 	start = append(start, e.Start...)
 	if len(recreate) > 0 || len(start) > 0 {
-		p := d.Project(a.project, a.workingDir, a.network)
+		p := d.Project(project, a.workingDir, a.network)
 		if len(recreate) > 0 {
 			if err := a.eng.Up(ctx, p, nil, recreate); err != nil {
 				return fmt.Errorf("compose up: %w", err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/docker/compose/v2/pkg/api"
+
 	"github.com/decnet/pull-agent/engine"
 )
 
@@ -63,6 +65,42 @@ type Entry struct {
 
 	spec     *DeckySpec
 	observed []engine.Container
+}
+
+// composeProject returns the Compose project the entry's decky is applied
+// under, given the fleet's project name, and whether the decky's running
+// containers must be removed first to move it there.
+//
+// A decky with no containers, or already in its own project, uses
+// [DeckyProject]. A decky whose containers carry another project label
+// (agents before issue 15 put every decky in the one shared project)
+// keeps that project: Compose finds a project's containers by that label,
+// so under a new name it would not see them and would fail on their
+// container names. That is what lets an agent upgrade leave every running
+// decky alone (neither the label nor the project is hashed). Such a decky
+// moves to its own project only when all its containers are replaced
+// anyway (RecreateBase: the base, and with it every service), by removing
+// them before Compose creates the new ones.
+func (e Entry) composeProject(shared string) (project string, move bool) {
+	own := DeckyProject(shared, e.Decky)
+	cur := ""
+	for _, c := range e.observed {
+		p := c.Labels[api.ProjectLabel]
+		if p == "" {
+			continue
+		}
+		if cur == "" || c.Labels[engine.LabelRole] == engine.RoleBase {
+			cur = p // the base's project wins: it is the one Compose must find
+		}
+	}
+	switch {
+	case cur == "" || cur == own:
+		return own, false
+	case e.RecreateBase:
+		return own, true
+	default:
+		return cur, false
+	}
 }
 
 // Changes reports whether applying the entry mutates anything.

@@ -3,6 +3,7 @@ package apply
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/docker/compose/v2/pkg/api"
 
@@ -56,7 +57,11 @@ func Diff(in DiffInput) ChangeSet {
 			// A foreign container labelled as one of our Compose services
 			// (DECNET's own agent uses the same project) would be adopted
 			// by Compose, and recreated or removed: treat it as a clash.
-			if svc := c.Labels[api.ServiceLabel]; svc != "" && in.Project != "" && c.Labels[api.ProjectLabel] == in.Project {
+			// A decky is applied in the shared project (adopted from an
+			// older agent) or its own, DeckyProject(Project, decky); the
+			// service key is the container name, and the decky's name is
+			// its prefix, so both are checked.
+			if svc := c.Labels[api.ServiceLabel]; svc != "" && in.Project != "" && foreignProject(in.Project, c.Labels[api.ProjectLabel], svc) {
 				foreign[svc] = c
 			}
 		}
@@ -169,4 +174,16 @@ func diffDecky(in DiffInput, d *DeckySpec, observed []engine.Container, foreign 
 		e.Action, e.Operation = Update, OpMutate
 	}
 	return e
+}
+
+// foreignProject reports whether a Compose service svc of project p could
+// be one of the fleet's: p is the shared project, or the own project of a
+// decky whose name is svc or prefixes it (the service containers are named
+// "<decky>-<service>").
+func foreignProject(shared, p, svc string) bool {
+	if p == shared {
+		return true
+	}
+	decky, ok := strings.CutPrefix(p, shared+"_")
+	return ok && (svc == decky || strings.HasPrefix(svc, decky+"-"))
 }

@@ -28,7 +28,7 @@ const networkKey = "decnet_lan"
 // RenderInput is everything rendering depends on.
 type RenderInput struct {
 	Owner      string // agent identity (LabelOwner)
-	Project    string // Compose project name
+	Project    string // the fleet's Compose project name; each decky gets DeckyProject(Project, decky)
 	WorkingDir string // recorded in Compose's working-dir label
 	Fleet      *desired.Fleet
 	Host       *desired.Host
@@ -73,9 +73,13 @@ func (d *DeckySpec) Containers() []ContainerSpec {
 	return append([]ContainerSpec{d.Base}, d.Services...)
 }
 
-// Project returns a Compose project holding only this decky. Applying one
-// decky per project model keeps Compose from treating the others as
-// orphans (it never removes them) and lets deckies converge in parallel.
+// Project returns a Compose project named name holding only this decky.
+// Applying one decky per project model keeps Compose from treating the
+// others as orphans (it never removes them) and lets deckies converge in
+// parallel. Every service's Compose project label is set to name: Compose
+// finds a project's containers by that label alone, so the two must agree
+// (name is [DeckyProject] for a decky created by this version, or the
+// project its running containers carry; see [Entry]).
 func (d *DeckySpec) Project(name, workingDir string, net engine.NetworkSpec) *types.Project {
 	p := &types.Project{
 		Name:       name,
@@ -84,9 +88,36 @@ func (d *DeckySpec) Project(name, workingDir string, net engine.NetworkSpec) *ty
 		Networks:   types.Networks{networkKey: {Name: net.Name, External: true}},
 	}
 	for _, c := range d.Containers() {
-		p.Services[c.Name] = c.Config
+		cfg := c.Config
+		labels := make(types.Labels, len(cfg.CustomLabels)+1)
+		for k, v := range cfg.CustomLabels {
+			labels[k] = v
+		}
+		labels[api.ProjectLabel] = name
+		cfg.CustomLabels = labels
+		p.Services[c.Name] = cfg
 	}
 	return p
+}
+
+// DeckyProject returns the Compose project of one decky: the fleet's
+// project name (defaults.compose_project), "_", the decky's name. Each
+// decky is its own Compose project because Compose lists a project's
+// containers (by its project label) several times per up: with one
+// project for the whole worker every decky's up listed every decky's
+// containers, work growing with the square of the deckies (issue 15).
+//
+// Both parts match desired.NameRE ([a-z0-9][a-z0-9-]*), so the result is a
+// valid Compose project name ([a-z0-9][a-z0-9_-]*), and "_" appears in
+// neither part: it never equals the shared name, the build project
+// ("<project>-build") or another decky's project, whatever the names. The
+// containers keep DECNET's decnet.fleet.* labels for discovery; `docker
+// compose -p <project>_<decky> ps` shows one decky.
+func DeckyProject(project, decky string) string {
+	if project == "" {
+		return decky
+	}
+	return project + "_" + decky
 }
 
 // NetworkSpecHash hashes the network settings: it is the network's label
@@ -130,9 +161,14 @@ func Render(in RenderInput) ([]*DeckySpec, map[string]error) {
 	return out, errs
 }
 
-func (in RenderInput) composeLabels(service string) types.Labels {
+// composeLabels are the Compose labels of one container of a decky. The
+// project label is the decky's own project; applying sets it again to the
+// project the decky is applied under (DeckySpec.Project). None of them is
+// hashed (containerHash; Compose's own config hash skips them too), so the
+// project a decky lives in never makes it look changed.
+func (in RenderInput) composeLabels(decky, service string) types.Labels {
 	return types.Labels{
-		api.ProjectLabel:     in.Project,
+		api.ProjectLabel:     DeckyProject(in.Project, decky),
 		api.ServiceLabel:     service,
 		api.VersionLabel:     api.ComposeVersion,
 		api.WorkingDirLabel:  in.WorkingDir,
@@ -178,7 +214,7 @@ func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, n
 			engine.LabelRole:  engine.RoleBase,
 			engine.LabelDecky: d.Name,
 		},
-		CustomLabels: in.composeLabels(d.Name),
+		CustomLabels: in.composeLabels(d.Name, d.Name),
 	}
 	if d.Archetype != "" {
 		base.Labels["decnet.fleet.archetype"] = d.Archetype
@@ -234,7 +270,7 @@ func renderDecky(in RenderInput, d *desired.Decky, addr relocalize.Assignment, n
 				engine.LabelService:     "true",
 				engine.LabelServiceName: s,
 			},
-			CustomLabels: in.composeLabels(name),
+			CustomLabels: in.composeLabels(d.Name, name),
 		}
 		if len(svc.Command) > 0 {
 			cfg.Command = types.ShellCommand(svc.Command)
