@@ -521,6 +521,10 @@ func TestEndToEndFaultStateDiskFull(t *testing.T) {
 			}
 		} else if !strings.Contains(out, "no space left on device") {
 			t.Fatalf("disk full, pass %d: exit %d without naming the cause (no space left on device)\n%s", i, code, out)
+		} else if h := m.hosts(); len(h) != 1 || !strings.Contains(h[0].PassError, "no space left on device") {
+			// The agent reports what it can: the heartbeat goes from
+			// memory, so the master hears the cause, not just silence.
+			t.Fatalf("disk full, pass %d: the master was not told why (hosts %+v)\n%s", i, h, out)
 		}
 		t.Logf("disk full, pass %d: exit %d: %s", i, code, lastLines(out, 3))
 		// The running deckies are untouched, the state file is whole.
