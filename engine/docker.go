@@ -227,8 +227,11 @@ func (d *Docker) Build(ctx context.Context, p *types.Project, services []string)
 
 // Up converges the services of p through Compose. Services listed in
 // recreate are recreated even if Compose sees no divergence; the others
-// are created when missing and started when stopped. p holds one decky, so
-// Compose never sees (or touches) the rest of the project.
+// are created when missing and started when stopped. p holds one decky,
+// so Compose never sees (or touches) the others; and p is that decky's own
+// Compose project (apply.DeckyProject), so the container listings Compose
+// makes during an up (by project label, in create and again in start)
+// return that decky's containers alone, not the whole fleet's.
 func (d *Docker) Up(ctx context.Context, p *types.Project, services, recreate []string) error {
 	ctx, cancel := context.WithTimeout(ctx, d.opt.UpTimeout)
 	defer cancel()
