@@ -189,6 +189,16 @@ type Result struct {
 	Abandoned []string
 	// Containers are the Engine's containers at the end of the pass.
 	Containers []engine.Container
+	// Steps are the steps that ran, in order, each with its wall time
+	// (the step that refused or stopped the pass included): where a pass
+	// spends its time, for the metrics and the debug log.
+	Steps []StepTime
+}
+
+// StepTime is one step's wall time in a pass.
+type StepTime struct {
+	Step string
+	Took time.Duration
 }
 
 // StepError is a pass that a step refused: nothing after that step ran.
@@ -236,9 +246,20 @@ func (a *Agent) Pass(ctx context.Context, opt PassOptions) (*Result, error) {
 
 // run executes the steps in order until one refuses or stops the pass.
 func (a *Agent) run(ctx context.Context, p *pass) error {
+	defer func() {
+		if a.log.Enabled(ctx, slog.LevelDebug) && len(p.res.Steps) > 0 {
+			attrs := make([]any, 0, len(p.res.Steps))
+			for _, s := range p.res.Steps {
+				attrs = append(attrs, slog.Float64(s.Step+"_ms", float64(s.Took.Microseconds())/1000))
+			}
+			a.log.DebugContext(ctx, "pass steps", attrs...)
+		}
+	}()
 	for _, s := range steps {
 		p.step = s.name
+		start := time.Now()
 		err := s.fn(ctx, p)
+		p.res.Steps = append(p.res.Steps, StepTime{Step: s.name, Took: time.Since(start)})
 		if errors.Is(err, errStop) {
 			return nil
 		}

@@ -173,6 +173,9 @@ func TestPassConvergesThenSkipsUnchangedCommit(t *testing.T) {
 		if !res.Skipped {
 			t.Fatalf("a pass over an unmoved commit on a clean worker was not skipped: %+v", res)
 		}
+		if got := stepNames(res); !slices.Equal(got, []string{"fetch"}) {
+			t.Fatalf("a skipped pass ran steps %v, want only fetch", got)
+		}
 	}
 	if got := w.eng.Calls()[calls:]; len(got) != 0 {
 		t.Fatalf("skipped passes called the engine: %v", got)
@@ -185,6 +188,11 @@ func TestPassConvergesThenSkipsUnchangedCommit(t *testing.T) {
 	res = w.mustPass(true)
 	if res.Skipped || res.Changes.Changes() || len(w.eng.Mutations()) != m {
 		t.Fatalf("full pass on a converged worker: %+v, mutations %v", res, w.eng.Mutations())
+	}
+	// Every step ran once, in order, and says so (metrics and debug log).
+	wantSteps := []string{"fetch", "parse", "suspend", "decommission", "detect", "allocate", "render", "diff", "identity", "prune", "network", "apply", "record", "helper"}
+	if got := stepNames(res); !slices.Equal(got, wantSteps) {
+		t.Fatalf("a full pass ran steps %v, want %v", got, wantSteps)
 	}
 	// A new agent (a restart) has no picture yet: its first pass is full.
 	w.a = w.newAgent()
@@ -615,4 +623,12 @@ func TestReapOneDecky(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(w.cfg.StateDir, state.File)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("state file after reap: %v", err)
 	}
+}
+
+func stepNames(res *agent.Result) []string {
+	var out []string
+	for _, s := range res.Steps {
+		out = append(out, s.Step)
+	}
+	return out
 }

@@ -43,15 +43,19 @@ func TestHeldAndForeignAddresses(t *testing.T) {
 }
 
 // The pass that decommissions is counted as such, not as a pass that
-// could not start.
-func TestMetricsCountTheDecommissioningPass(t *testing.T) {
+// could not start; every step that ran is timed.
+func TestMetricsCountPassesAndSteps(t *testing.T) {
 	m := NewMetrics("t")
 	a := &Agent{now: time.Now}
 	m.Observe(a, &Result{}, &StepError{Step: "decommission", Err: ErrDecommissioned}, time.Second)
 	m.Observe(a, &Result{}, &StepError{Step: "fetch", Err: errors.New("unreachable")}, time.Second)
+	m.Observe(a, &Result{Skipped: true, Steps: []StepTime{{"fetch", time.Millisecond}}}, nil, time.Millisecond)
+	m.Observe(a, &Result{Steps: []StepTime{{"fetch", time.Millisecond}, {"parse", time.Millisecond}}}, nil, 2*time.Millisecond)
 	rec := httptest.NewRecorder()
 	MetricsHandler(m, http.NotFoundHandler()).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	for _, want := range []string{`pull_agent_passes_total{result="decommissioned"} 1`, `pull_agent_passes_total{result="not_started"} 1`} {
+	for _, want := range []string{`pull_agent_passes_total{result="decommissioned"} 1`, `pull_agent_passes_total{result="not_started"} 1`,
+		// Each step that ran is timed, skipped passes' fetch included.
+		`pull_agent_step_duration_seconds_count{step="fetch"} 2`, `pull_agent_step_duration_seconds_count{step="parse"} 1`} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -21,6 +21,7 @@ type Metrics struct {
 	reg       *prometheus.Registry
 	passes    *prometheus.CounterVec
 	passTime  prometheus.Histogram
+	stepTime  *prometheus.HistogramVec
 	deckies   *prometheus.GaugeVec
 	events    *prometheus.CounterVec
 	outbox    prometheus.Gauge
@@ -40,6 +41,8 @@ func NewMetrics(version string) *Metrics {
 			Help: "Passes by result: applied (converged), failed (a decky failed), skipped (nothing moved), not_started (fetch, refusal, invalid repo), decommissioned (the last pass: everything removed)."}, []string{"result"}),
 		passTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pull_agent_pass_duration_seconds",
 			Help: "Wall time of passes that ran.", Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12)}),
+		stepTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pull_agent_step_duration_seconds",
+			Help: "Wall time of each pass step that ran (fetch, parse, ..., apply, record, helper): where passes spend their time.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 12)}, []string{"step"}),
 		deckies: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_deckies",
 			Help: "Deckies by runtime state."}, []string{"state"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pull_agent_lifecycle_events_total",
@@ -52,7 +55,7 @@ func NewMetrics(version string) *Metrics {
 			Help: "Agent version, applied commit and who signed it (verified: the signer, or none without a trust policy)."}, []string{"version", "commit", "verified"}),
 	}
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_suspended", Help: "1 while the agent is suspended and applies nothing."})
-	m.reg.MustRegister(m.suspended, m.passes, m.passTime, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
+	m.reg.MustRegister(m.suspended, m.passes, m.passTime, m.stepTime, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -70,6 +73,11 @@ func (m *Metrics) Observe(a *Agent, res *Result, err error, took time.Duration) 
 		m.passes.WithLabelValues("failed").Inc()
 	default:
 		m.passes.WithLabelValues("applied").Inc()
+	}
+	if res != nil {
+		for _, s := range res.Steps {
+			m.stepTime.WithLabelValues(s.Step).Observe(s.Took.Seconds())
+		}
 	}
 	if err == nil && !res.Skipped {
 		m.passTime.Observe(took.Seconds())
