@@ -21,7 +21,6 @@ import (
 
 	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/engine"
-	"github.com/decnet/pull-agent/internal/testlan"
 	"github.com/decnet/pull-agent/reaper"
 )
 
@@ -41,13 +40,8 @@ import (
 // execution trace (agent.trace) of the agent pass alone, for
 // `go tool pprof` and `go tool trace`.
 func BenchmarkCreateDeckiesVsRawAPI(b *testing.B) {
-	n := scaleN(b)
-	w := scaleWorld(b, n)
-	w.master = ""
-	var deckies [][2]string
-	for i := 0; i < n; i++ {
-		deckies = append(deckies, [2]string{fmt.Sprintf("d%03d", i), "ssh,http"})
-	}
+	w, deckies := scaleFleet(b)
+	n := len(deckies)
 	// The warm-up builds the images with one decky of the same services:
 	// at 250 deckies a full-size warm-up would be a third full create.
 	w.commit("warm-up", deckies[:1], nil)
@@ -216,27 +210,6 @@ func procCPU(pid int) (time.Duration, error) {
 		ticks += v
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond, nil
-}
-
-// scaleN is the number of deckies of a scale benchmark: SCALE_N, default 10.
-func scaleN(b *testing.B) int {
-	n := 10
-	if v := os.Getenv("SCALE_N"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 || n > 250 {
-			b.Fatalf("SCALE_N=%q: want 1 to 250", v)
-		}
-	}
-	return n
-}
-
-// scaleWorld is a world whose LAN holds n deckies: a /26 up to 40, a /24
-// beyond (250 deckies fill a /24 but for the gateway, worker and peer).
-func scaleWorld(b *testing.B, n int) *world {
-	if n <= 40 {
-		return newWorld(b)
-	}
-	return newWorldLAN(b, testlan.Options{Bits: 24})
 }
 
 type rawContainer struct {

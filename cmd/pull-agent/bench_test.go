@@ -62,13 +62,8 @@ func BenchmarkNoOpPassVsLsRemote(b *testing.B) {
 // state write: everything but process start), for profiling a no-op pass:
 // go test -run '^$' -bench NoOpOnceInProcess -cpuprofile cpu.out -trace trace.out
 func BenchmarkNoOpOnceInProcess(b *testing.B) {
-	n := scaleN(b)
-	w := scaleWorld(b, n)
-	w.master = ""
-	var deckies [][2]string
-	for i := 0; i < n; i++ {
-		deckies = append(deckies, [2]string{fmt.Sprintf("d%03d", i), "ssh,http"})
-	}
+	w, deckies := scaleFleet(b)
+	n := len(deckies)
 	w.commit(fmt.Sprintf("%d deckies", n), deckies, nil)
 	args := []string{"--steady-samples", "1", "--parallel", "4", "--steady-timeout", "120s"}
 	if code, out := w.once(args...); code != 0 {

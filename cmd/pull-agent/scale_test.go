@@ -13,8 +13,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/decnet/pull-agent/internal/fleettest"
 	"github.com/decnet/pull-agent/internal/gittest"
 )
+
+// scaleFleet is the world of every scale benchmark: a LAN sized for
+// SCALE_N deckies (fleettest.ScaleN, fleettest.ScaleLAN) and no master
+// (they measure the pass, not the heartbeat's delivery). It returns the
+// SCALE_N deckies of ssh and http, d000 onwards, uncommitted: a caller
+// may commit a warm-up first.
+func scaleFleet(b *testing.B) (*world, [][2]string) {
+	b.Helper()
+	n := fleettest.ScaleN(b)
+	w := newWorldLAN(b, fleettest.ScaleLAN(n))
+	w.master = ""
+	return w, fleettest.Deckies(n, "ssh,http")
+}
 
 // BenchmarkNoOpOnceAtScale measures, at SCALE_N deckies of two services
 // (scripts/scale.sh: 10, 50, 250), a no-op `pull-agent once` as a whole
@@ -26,13 +40,8 @@ import (
 // version` (the process-start floor): the goal is within 10 MB, flat
 // across sizes.
 func BenchmarkNoOpOnceAtScale(b *testing.B) {
-	n := scaleN(b)
-	w := scaleWorld(b, n)
-	w.master = ""
-	var deckies [][2]string
-	for i := 0; i < n; i++ {
-		deckies = append(deckies, [2]string{fmt.Sprintf("d%03d", i), "ssh,http"})
-	}
+	w, deckies := scaleFleet(b)
+	n := len(deckies)
 	w.commit(fmt.Sprintf("%d deckies", n), deckies, nil)
 	// Probing stays on: without it a decky can be given an address a LAN
 	// machine holds (the test LAN's peer), and every once then reports an

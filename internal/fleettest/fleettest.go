@@ -1,6 +1,3 @@
-// Package fleettest builds real fleet repositories for tests: the example
-// fleet from examples/fleet-repo with the decoy binary compiled into every
-// build context, committed to a git repository with a bare origin.
 package fleettest
 
 import (
