@@ -368,6 +368,67 @@ func BenchmarkIngest500Hosts(b *testing.B) {
 	}
 }
 
+// BenchmarkRecordBodies measures the store's write path alone (no HTTP,
+// no JSON): Store.Record of the two bodies an agent sends most, from 500
+// hosts, 64 at a time so that group commit fills as under load. ns/op is
+// per body:
+//
+//   - heartbeat: a heartbeat alone (the steady state: an agent with
+//     nothing to report still sends one every interval);
+//   - events=1: a heartbeat with one lifecycle event.
+//
+// It isolates per-body statements (the host upsert and its checks) from
+// the HTTP and load generator cost that BenchmarkIngest500Hosts includes.
+// Run: go test -run '^$' -bench RecordBodies -benchtime 20000x ./master
+func BenchmarkRecordBodies(b *testing.B) {
+	for _, events := range []int{0, 1} {
+		name := "heartbeat"
+		if events > 0 {
+			name = fmt.Sprintf("events=%d", events)
+		}
+		for _, be := range backends {
+			b.Run(name+"/"+be.name, func(b *testing.B) {
+				st, err := OpenStore(context.Background(), be.dsn(b))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer st.Close()
+				const hosts = 500
+				var seqs [hosts]atomic.Uint64
+				var next atomic.Int64
+				mk := func() report.Body {
+					h := int(next.Add(1) % hosts)
+					host := fmt.Sprintf("bench-%03d", h)
+					var evs []report.Event
+					for i := 0; i < events; i++ {
+						s := seqs[h].Add(1)
+						evs = append(evs, report.Event{EventID: fmt.Sprintf("%08x-%04x-4000-8000-%012x", h, s>>32, s), Seq: s,
+							DeckyName: "decky-01", Operation: "deploy", Status: "succeeded", CompletedAt: time.Now().UTC()})
+					}
+					return body(host, evs...)
+				}
+				for h := 0; h < hosts; h++ { // every host known: the upsert updates
+					bd := mk()
+					if _, err := st.Record(context.Background(), &bd, "", time.Now()); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.SetParallelism(32) // 64 writers on 2 cores
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						bd := mk()
+						if _, err := st.Record(context.Background(), &bd, "", time.Now()); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
+
 // BenchmarkStorageSize records PULL_AGENT_BENCH_EVENTS (default 1,000,000)
 // realistic events from 500 hosts through Store.Record and reports the
 // database size per million events (SQLite: the file after a checkpoint;
