@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -161,7 +162,8 @@ func TestWebhookTriggersCoalesce(t *testing.T) {
 	w := newWorld(t)
 	w.push("a:ssh")
 	triggers := make(chan struct{}, 1)
-	srv := httptest.NewServer(agent.TriggerHandler([]byte("s3cret"), triggers, slog.New(slog.DiscardHandler)))
+	m := agent.NewMetrics("t")
+	srv := httptest.NewServer(agent.TriggerHandler([]byte("s3cret"), triggers, m, slog.New(slog.DiscardHandler)))
 	defer srv.Close()
 	post := func(sig string) int {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{"ref":"refs/heads/main"}`))
@@ -223,5 +225,20 @@ func TestWebhookTriggersCoalesce(t *testing.T) {
 	<-done
 	if n := passes.Load(); n != 2 {
 		t.Fatalf("%d passes, want 2", n)
+	}
+	// Every request is counted by outcome: 3 refused, 100 taken (one
+	// queued the pass, the others found it already due).
+	rec := httptest.NewRecorder()
+	agent.MetricsHandler(m, http.NotFoundHandler()).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	counts := map[string]float64{}
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		var result string
+		var n float64
+		if _, err := fmt.Sscanf(strings.Replace(line, `"} `, `" `, 1), `pull_agent_webhook_requests_total{result=%q %g`, &result, &n); err == nil {
+			counts[result] = n
+		}
+	}
+	if counts["refused"] != 3 || counts["accepted"]+counts["coalesced"] != 100 || counts["accepted"] < 1 || counts["bad_request"] != 0 {
+		t.Fatalf("webhook requests counted %v, want 3 refused and 100 accepted or coalesced", counts)
 	}
 }

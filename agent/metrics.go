@@ -22,6 +22,7 @@ type Metrics struct {
 	passes    *prometheus.CounterVec
 	passTime  prometheus.Histogram
 	stepTime  *prometheus.HistogramVec
+	webhook   *prometheus.CounterVec
 	deckies   *prometheus.GaugeVec
 	events    *prometheus.CounterVec
 	outbox    prometheus.Gauge
@@ -43,6 +44,8 @@ func NewMetrics(version string) *Metrics {
 			Help: "Wall time of passes that ran.", Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12)}),
 		stepTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pull_agent_step_duration_seconds",
 			Help: "Wall time of each pass step that ran (fetch, parse, ..., apply, record, helper): where passes spend their time.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 12)}, []string{"step"}),
+		webhook: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pull_agent_webhook_requests_total",
+			Help: "Webhook trigger requests by outcome: accepted (a pass queued), coalesced (one was already due), refused (bad or missing signature), bad_request (not a POST, body too large)."}, []string{"result"}),
 		deckies: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pull_agent_deckies",
 			Help: "Deckies by runtime state."}, []string{"state"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pull_agent_lifecycle_events_total",
@@ -55,9 +58,16 @@ func NewMetrics(version string) *Metrics {
 			Help: "Agent version, applied commit and who signed it (verified: the signer, or none without a trust policy)."}, []string{"version", "commit", "verified"}),
 	}
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pull_agent_suspended", Help: "1 while the agent is suspended and applies nothing."})
-	m.reg.MustRegister(m.suspended, m.passes, m.passTime, m.stepTime, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
+	m.reg.MustRegister(m.suspended, m.passes, m.passTime, m.stepTime, m.webhook, m.deckies, m.events, m.outbox, m.rejected, m.lastFetch, m.lastApply, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// webhookRequest counts one webhook request by outcome; m may be nil.
+func (m *Metrics) webhookRequest(result string) {
+	if m != nil {
+		m.webhook.WithLabelValues(result).Inc()
+	}
 }
 
 // Observe records one pass of a.

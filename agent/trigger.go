@@ -19,15 +19,20 @@ const maxTriggerBody = 1 << 20
 // (X-Gitea-Signature: <hex>). A missing or bad signature gets 401 and
 // starts nothing. A good one asks for a pass without waiting: triggers
 // has room for one, and a trigger arriving while one is pending is
-// absorbed, so any burst during a pass gives at most one more pass.
-func TriggerHandler(secret []byte, triggers chan<- struct{}, log *slog.Logger) http.Handler {
+// absorbed, so any burst during a pass gives at most one more pass. Every
+// request is counted in m (nil: not counted) by its outcome, so an
+// operator sees refused signatures (someone probing, or a rotated secret)
+// without reading logs.
+func TriggerHandler(secret []byte, triggers chan<- struct{}, m *Metrics, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
+			m.webhookRequest("bad_request")
 			http.Error(w, "POST a signed body", http.StatusMethodNotAllowed)
 			return
 		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTriggerBody))
 		if err != nil {
+			m.webhookRequest("bad_request")
 			http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
 			return
 		}
@@ -39,13 +44,16 @@ func TriggerHandler(secret []byte, triggers chan<- struct{}, log *slog.Logger) h
 		mac := hmac.New(sha256.New, secret)
 		mac.Write(body)
 		if err != nil || len(secret) == 0 || !hmac.Equal(got, mac.Sum(nil)) {
+			m.webhookRequest("refused")
 			log.Warn("webhook trigger refused: bad or missing signature", "remote", r.RemoteAddr)
 			http.Error(w, "bad signature", http.StatusUnauthorized)
 			return
 		}
 		select {
 		case triggers <- struct{}{}:
+			m.webhookRequest("accepted")
 		default: // a pass is already due: bursts coalesce
+			m.webhookRequest("coalesced")
 		}
 		w.WriteHeader(http.StatusAccepted)
 	})

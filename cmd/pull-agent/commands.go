@@ -89,7 +89,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if secret = bytes.TrimSpace(secret); err != nil || len(secret) == 0 {
 			return usageErr("--trigger-listen needs --trigger-secret-file holding the webhook's HMAC secret (%v)", err)
 		}
-		serve[cfg.triggerListen] = agent.TriggerHandler(secret, triggers, w.log)
+		serve[cfg.triggerListen] = agent.TriggerHandler(secret, triggers, m, w.log)
 	}
 	for addr, h := range serve {
 		if addr == "" {

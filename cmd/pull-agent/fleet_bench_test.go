@@ -250,7 +250,7 @@ func newFleet(t testing.TB, n int) *fleet {
 			t.Fatal(err)
 		}
 		fa := &fleetAgent{host: host, a: a, triggers: make(chan struct{}, 1), applied: map[string]time.Time{}, stop: func() {}}
-		fa.hook = httptest.NewServer(agent.TriggerHandler(f.secret, fa.triggers, log))
+		fa.hook = httptest.NewServer(agent.TriggerHandler(f.secret, fa.triggers, nil, log))
 		t.Cleanup(fa.hook.Close)
 		f.agents = append(f.agents, fa)
 	}

@@ -32,6 +32,12 @@ func freeAddr(t *testing.T) string {
 // the daemon ran to their end (each is counted after it ends).
 func passesTotal(t *testing.T, metricsAddr string) int {
 	t.Helper()
+	return metricSum(t, metricsAddr, "pull_agent_passes_total{")
+}
+
+// metricSum adds up the daemon's metric lines that start with prefix.
+func metricSum(t *testing.T, metricsAddr, prefix string) int {
+	t.Helper()
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +46,7 @@ func passesTotal(t *testing.T, metricsAddr string) int {
 	n := 0
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if l := sc.Text(); strings.HasPrefix(l, "pull_agent_passes_total{") {
+		if l := sc.Text(); strings.HasPrefix(l, prefix) {
 			v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
 			if err != nil {
 				t.Fatalf("metrics line %q: %v", l, err)
@@ -149,6 +155,12 @@ func TestEndToEndWebhookTriggers(t *testing.T) {
 		if code := post(`{"ref":"refs/heads/main"}`, tc.header, tc.sig); code != http.StatusUnauthorized {
 			t.Errorf("trigger signed %s %q: %d, want 401", tc.header, tc.sig, code)
 		}
+	}
+	// The handler counts each request as it answers it, so this is exact
+	// (no waiting on a log line): none of the bad ones queued a pass.
+	const hook = "pull_agent_webhook_requests_total{result="
+	if refused, taken := metricSum(t, metricsAddr, hook+`"refused"}`), metricSum(t, metricsAddr, hook+`"accepted"}`)+metricSum(t, metricsAddr, hook+`"coalesced"}`); refused != 4 || taken != 100 {
+		t.Errorf("webhook requests counted: %d refused (want 4), %d accepted or coalesced (want 100)", refused, taken)
 	}
 	passes := passesTotal(t, metricsAddr)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
