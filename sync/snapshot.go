@@ -24,7 +24,11 @@ type Snapshot struct {
 	Ref     string    // the ref it was read from
 	When    time.Time // committer time
 	Fetched bool      // objects were transferred in this call
-	Signer  string    // who signed the commit, when signatures are checked
+	// Incremental says the objects were fetched into the kept clone (only
+	// those it lacked), not as a fresh shallow clone. Meaningful only
+	// when Fetched.
+	Incremental bool
+	Signer      string // who signed the commit, when signatures are checked
 	// Verified says what was verified: VerifiedNone ("none") when no
 	// trust roots are configured, else the signer of the commit, as
 	// "ssh:<principals> <SHA256 key fingerprint>" or

@@ -290,6 +290,16 @@ func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, fl
 	}
 	first := depth
 	start := time.Now()
+	snap, h, err := s.fetchIncremental(ctx, url, target, floor, depth)
+	var re *RefusedError
+	switch {
+	case err == nil:
+		return s.fetched(ctx, snap, h, url, depth, true, start), nil
+	case errors.As(err, &re):
+		return nil, err // refused on complete evidence: what a fresh clone would say
+	case !errors.Is(err, errNoKeptClone):
+		s.log.WarnContext(ctx, "could not fetch the new commit into the kept clone; cloning afresh", "commit", target.String(), "err", err)
+	}
 	for {
 		tmp, repo, err := s.cloneInto(ctx, url, depth)
 		if err != nil && depth > first {
@@ -328,16 +338,23 @@ func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, fl
 			os.RemoveAll(tmp)
 			return nil, err
 		}
-		snap.Remote, snap.Fetched, snap.Signer, snap.Verified = Redact(url), true, h.signer, h.signer
-		if s.trust == nil {
-			snap.Verified = VerifiedNone
-			s.log.WarnContext(ctx, "fetched a new commit of the fleet repository without signature verification: no trust roots configured",
-				"commit", snap.Commit, "new_commits", h.newCommits, "verified", VerifiedNone)
-		}
-		s.log.InfoContext(ctx, "fetched fleet repository", "remote", Redact(url), "commit", snap.Commit,
-			"new_commits", h.newCommits, "verified", snap.Verified, "depth", depth, "took", time.Since(start).Round(time.Millisecond))
-		return snap, nil
+		return s.fetched(ctx, snap, h, url, depth, false, start), nil
 	}
+}
+
+// fetched completes and logs the snapshot of a commit just fetched and
+// swapped in.
+func (s *Syncer) fetched(ctx context.Context, snap *Snapshot, h checked, url string, depth int, incremental bool, start time.Time) *Snapshot {
+	snap.Remote, snap.Fetched, snap.Incremental, snap.Signer, snap.Verified = Redact(url), true, incremental, h.signer, h.signer
+	if s.trust == nil {
+		snap.Verified = VerifiedNone
+		s.log.WarnContext(ctx, "fetched a new commit of the fleet repository without signature verification: no trust roots configured",
+			"commit", snap.Commit, "new_commits", h.newCommits, "verified", VerifiedNone)
+	}
+	s.log.InfoContext(ctx, "fetched fleet repository", "remote", Redact(url), "commit", snap.Commit,
+		"new_commits", h.newCommits, "verified", snap.Verified, "depth", depth, "incremental", incremental,
+		"took", time.Since(start).Round(time.Millisecond))
+	return snap
 }
 
 // needDeeper is check's answer when the clone does not hold enough
