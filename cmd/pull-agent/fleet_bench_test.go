@@ -166,6 +166,7 @@ services:
 // webhook endpoint.
 type fleetAgent struct {
 	host     string
+	dir      string // state directory; the kept clone is dir/git/clone
 	a        *agent.Agent
 	triggers chan struct{}
 	hook     *httptest.Server
@@ -249,7 +250,7 @@ func newFleet(t testing.TB, n int) *fleet {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fa := &fleetAgent{host: host, a: a, triggers: make(chan struct{}, 1), applied: map[string]time.Time{}, stop: func() {}}
+		fa := &fleetAgent{host: host, dir: dir, a: a, triggers: make(chan struct{}, 1), applied: map[string]time.Time{}, stop: func() {}}
 		fa.hook = httptest.NewServer(agent.TriggerHandler(f.secret, fa.triggers, nil, log))
 		t.Cleanup(fa.hook.Close)
 		f.agents = append(f.agents, fa)
@@ -394,6 +395,17 @@ func (f *fleet) lsRemote(k int) (time.Duration, requests) {
 	return f.remote.cpu(f.t) - c0, requests{q1.refs - q0.refs, q1.packs - q0.packs}
 }
 
+// keptPacks is the number of pack files in the agent's kept clone: one
+// after a fresh clone, one more per commit fetched into it.
+func (fa *fleetAgent) keptPacks(t testing.TB) int {
+	t.Helper()
+	p, err := filepath.Glob(filepath.Join(fa.dir, "git", "clone", "objects", "pack", "*.pack"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(p)
+}
+
 // fleetFigures is what one run measured.
 type fleetFigures struct {
 	agents         int
@@ -407,12 +419,17 @@ type fleetFigures struct {
 	lsCPU          time.Duration
 	pollRemoteCPU  time.Duration   // the remote's CPU from the push until every agent applied, polling
 	trigRemoteCPU  time.Duration   // the same, webhook
+	trigReq        requests        // what the remote served meanwhile, webhook
 	pollLatency    []time.Duration // push -> applied, per agent, polling
 	triggerLatency []time.Duration // push -> applied, per agent, webhook
 	// appliedByTrigger counts agents that applied the webhook's commit in
 	// a pass after their start pass: with a day's interval, only the
 	// trigger starts one.
 	appliedByTrigger int
+	// keptPacks is each agent's pack count at the end: 1 when every new
+	// commit came as a fresh clone, 3 when the two pushed commits were
+	// fetched into the kept clone.
+	keptPacks []int
 }
 
 // runFleet is the whole scenario:
@@ -476,9 +493,12 @@ func runFleet(t testing.TB, n int, interval time.Duration, polls, k int) fleetFi
 	p4 := f.passes()
 	c3 := f.push()
 	pushed, rc = time.Now(), f.remote.cpu(t)
+	rq := f.remote.stats(t)
 	f.trigger(c3)
 	f.waitAll("webhook: the pushed commit applied", long, func(_ int, fa *fleetAgent) bool { _, ok := fa.appliedAt(c3); return ok })
 	fig.trigRemoteCPU = f.remote.cpu(t) - rc
+	rq1 := f.remote.stats(t)
+	fig.trigReq = requests{rq1.refs - rq.refs, rq1.packs - rq.packs}
 	p5 := f.passes()
 	f.stop()
 	for i, fa := range f.agents {
@@ -487,6 +507,9 @@ func runFleet(t testing.TB, n int, interval time.Duration, polls, k int) fleetFi
 		if p5[i] > p4[i] {
 			fig.appliedByTrigger++
 		}
+	}
+	for _, fa := range f.agents {
+		fig.keptPacks = append(fig.keptPacks, fa.keptPacks(t))
 	}
 	phase("webhook: pushed commit applied by every agent")
 
@@ -522,6 +545,13 @@ func TestFleetManyAgentsOneRemote(t *testing.T) {
 	if fig.appliedByTrigger != n {
 		t.Errorf("%d of %d agents applied the commit in a pass their webhook started", fig.appliedByTrigger, n)
 	}
+	// Both pushed commits were fetched into each agent's kept clone (one
+	// pack each beside the first clone's), not as fresh clones.
+	for i, p := range fig.keptPacks {
+		if p != 3 {
+			t.Errorf("%s's kept clone holds %d packs; want 3 (the first clone, then the two pushed commits fetched into it)", fmt.Sprintf("w%03d", i), p)
+		}
+	}
 }
 
 // BenchmarkFleetManyAgentsOneRemote is issue 15's "many agents, one
@@ -550,13 +580,22 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		perLs := fig.lsCPU / time.Duration(fig.lsRemotes)
 		pollP50, pollMax := medianMax(fig.pollLatency)
 		trigP50, trigMax := medianMax(fig.triggerLatency)
+		perFetch := fig.trigRemoteCPU / time.Duration(n)
+		incremental := 0
+		for _, p := range fig.keptPacks {
+			if p > 1 {
+				incremental++
+			}
+		}
 		b.Logf("%d agents, interval %s: %d no-op passes cost the remote %s CPU (%s per poll; %d advertisements, %d packs); "+
 			"%d git ls-remote %s (%s each; %d advertisements, %d upload-pack requests); "+
 			"push to applied: polling p50 %s max %s (remote CPU meanwhile %s), webhook p50 %s max %s (remote CPU meanwhile %s; %d of %d applied by the trigger's pass); "+
+			"remote CPU per agent per new commit (webhook) %s (%d advertisements, %d upload-pack requests); %d of %d kept clones fetched into; "+
 			"this process's CPU (the agents') %s",
 			n, interval, fig.noopPasses, fig.noopCPU, perPoll, fig.noopReq.refs, fig.noopReq.packs,
 			fig.lsRemotes, fig.lsCPU, perLs, fig.lsReq.refs, fig.lsReq.packs,
-			pollP50, pollMax, fig.pollRemoteCPU, trigP50, trigMax, fig.trigRemoteCPU, fig.appliedByTrigger, n, selfCPU(b)-cpu0)
+			pollP50, pollMax, fig.pollRemoteCPU, trigP50, trigMax, fig.trigRemoteCPU, fig.appliedByTrigger, n,
+			perFetch, fig.trigReq.refs, fig.trigReq.packs, incremental, n, selfCPU(b)-cpu0)
 		b.ReportMetric(float64(n), "agents")
 		b.ReportMetric(interval.Seconds(), "interval-s")
 		b.ReportMetric(float64(perPoll.Microseconds()), "remote-cpu-us/poll")
@@ -568,6 +607,8 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		b.ReportMetric(trigMax.Seconds(), "webhook-max-s")
 		b.ReportMetric(fig.trigRemoteCPU.Seconds(), "webhook-remote-cpu-s")
 		b.ReportMetric(fig.pollRemoteCPU.Seconds(), "poll-remote-cpu-s")
+		b.ReportMetric(float64(perFetch.Microseconds()), "remote-cpu-us/new-commit")
+		b.ReportMetric(float64(incremental), "incremental-agents")
 	}
 }
 
