@@ -105,11 +105,13 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 // another machine claims the address too. Targets that did not answer are
 // absent. It needs CAP_NET_RAW.
 //
-// A round in which every target has answered ends opt.Interval/2 after the
-// last of them first did, before the next burst: a second machine claiming
-// an address answers the same broadcast request within that time (ARP is
-// answered by the kernel; a LAN round trip is well under a millisecond,
-// Wi-Fi a few), and one that is slower is still found by a later check.
+// A round in which every target has answered ends a settle time after the
+// last of them first did, before the next burst: three times as long as
+// that slowest first answer took (at least settleMin, at most
+// opt.Interval/2). A second machine claiming an address answers the same
+// broadcast request in about the time the first did (ARP is answered by
+// the kernel; a LAN round trip is well under a millisecond, Wi-Fi a few),
+// and one that is slower is still found by a later check.
 // This is what keeps a check of hundreds of healthy deckies to one burst
 // (about a tenth of the full round) in every full pass and every `once`.
 // A round with a target still silent listens to the end, as before.
@@ -149,6 +151,16 @@ func resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.
 	return out, bursts, nil
 }
 
+// settleMin is the shortest wait for a second claimant once every target
+// has answered: scheduling noise on a busy worker, not the LAN, sets it.
+const settleMin = 10 * time.Millisecond
+
+// settle is how long a round listens on once every target has answered,
+// answered being how long after the first burst the last one did.
+func settle(answered, interval time.Duration) time.Duration {
+	return min(interval/2, max(settleMin, 3*answered))
+}
+
 // rcvBuf is the receive buffer asked for: room for thousands of ARP
 // frames, so a burst whose answers all arrive at once loses none.
 const rcvBuf = 4 << 20
@@ -159,7 +171,7 @@ const rcvBuf = 4 << 20
 // all bursts plus opt.Wait, passes. Replies are matched by the caller (by
 // sender address), never by order, so any number of targets can share a
 // round. When seen returns true (the caller has heard all it needs), the
-// round ends opt.Interval/2 later and sends no further burst. It returns
+// round ends a settle time later and sends no further burst. It returns
 // the number of bursts sent.
 func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions, seen func(mine net.HardwareAddr, p *arp.Packet) bool) (int, error) {
 	opt = opt.withDefaults()
@@ -198,6 +210,7 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 
 	// enough is closed once seen has heard all it needs: no further burst.
 	enough := make(chan struct{})
+	start := time.Now()
 	bursts := 0
 	done := make(chan error, 1)
 	go func() {
@@ -251,8 +264,8 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 			case <-enough:
 			default:
 				close(enough)
-				if settle := time.Now().Add(opt.Interval / 2); settle.Before(deadline) {
-					deadline = settle
+				if end := time.Now().Add(settle(time.Since(start), opt.Interval)); end.Before(deadline) {
+					deadline = end
 					_ = c.SetReadDeadline(deadline)
 				}
 			}

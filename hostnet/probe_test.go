@@ -211,3 +211,20 @@ func TestResolveStopsWhenEveryTargetAnswered(t *testing.T) {
 		t.Errorf("resolved %v", got)
 	}
 }
+
+// The wait for a second claimant follows how fast the LAN answered: three
+// times the slowest first answer, never below settleMin (scheduling noise)
+// nor above half the burst interval (the old fixed wait).
+func TestSettle(t *testing.T) {
+	for _, tc := range []struct{ answered, interval, want time.Duration }{
+		{time.Millisecond, 150 * time.Millisecond, settleMin},
+		{5 * time.Millisecond, 150 * time.Millisecond, 15 * time.Millisecond},
+		{20 * time.Millisecond, 150 * time.Millisecond, 60 * time.Millisecond},
+		{60 * time.Millisecond, 150 * time.Millisecond, 75 * time.Millisecond},
+		{time.Millisecond, 10 * time.Millisecond, 5 * time.Millisecond},
+	} {
+		if got := settle(tc.answered, tc.interval); got != tc.want {
+			t.Errorf("settle(%v, %v) = %v, want %v", tc.answered, tc.interval, got, tc.want)
+		}
+	}
+}
