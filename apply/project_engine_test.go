@@ -60,6 +60,147 @@ func (t checkout) Materialize(dir, dst string) error {
 	return os.CopyFS(dst, os.DirFS(filepath.Join(string(t), filepath.FromSlash(dir))))
 }
 
+// engineFleet is a fleet on a real Engine: a test LAN, the decoy network
+// on it, and a fleet repository in a directory with the example's
+// Dockerfiles and the decoy (services ssh and http).
+type engineFleet struct {
+	t      *testing.T
+	docker *client.Client
+	eng    *engine.Docker
+	owner  string // agent identity; also the prefix of every decky name
+	shared string // the fleet's Compose project
+	net    engine.NetworkSpec
+	lan    *testlan.LAN
+	root   string
+	addrs  map[string]relocalize.Assignment
+}
+
+func newEngineFleet(t *testing.T) *engineFleet {
+	t.Helper()
+	docker := testlan.RequireDocker(t)
+	lan := testlan.New(t, testlan.Options{})
+	sfx := testlan.Suffix()
+	f := &engineFleet{t: t, docker: docker, lan: lan, owner: "e2e" + sfx, shared: "pa-e2e-" + sfx, root: t.TempDir(),
+		addrs: map[string]relocalize.Assignment{}}
+	f.net = engine.NetworkSpec{Name: "pa_e2e_" + sfx, Driver: "macvlan", Parent: lan.Parent, Subnet: lan.Subnet, Gateway: lan.Gateway}
+	f.eng = f.engine()
+	if _, err := f.eng.EnsureNetwork(t.Context(), f.net, NetworkSpecHash(f.net)); err != nil {
+		t.Fatal(err)
+	}
+	ex := filepath.Join(fleettest.ModuleRoot(t), "examples", "fleet-repo")
+	for _, dir := range []string{"images/base", "services/ssh", "services/http", "hosts"} {
+		if err := os.MkdirAll(filepath.Join(f.root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if dir == "hosts" {
+			continue
+		}
+		df, err := os.ReadFile(filepath.Join(ex, dir, "Dockerfile"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(f.root, dir, "Dockerfile"), df, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(f.root, dir, "decoy"), fleettest.Decoy(t), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fleet := `version: 1
+defaults: {compose_project: ` + f.shared + `, distro: base}
+distros:
+  base: {build: images/base, command: ["/decoy", "hold"]}
+services:
+  ssh: {build: services/ssh, ports: [22], cap_add: [NET_BIND_SERVICE]}
+  http: {build: services/http, ports: [80]}
+`
+	if err := os.WriteFile(filepath.Join(f.root, "fleet.yaml"), []byte(fleet), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// engine connects to the Engine named by DOCKER_HOST as the fleet's
+// agent; what it owns is removed at the end of the test.
+func (f *engineFleet) engine() *engine.Docker {
+	eng, err := engine.New(f.t.Context(), f.owner, engine.Options{StopGrace: time.Second}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() {
+		if _, err := reaper.All(context.Background(), eng, f.owner, []string{f.net.Name}); err != nil {
+			f.t.Errorf("cleanup: %v", err)
+		}
+		eng.Close()
+	})
+	return eng
+}
+
+func (f *engineFleet) tree() checkout { return checkout(f.root) }
+
+// render writes the host file and renders it; each decky gets the next
+// free address of the LAN from the 20th on.
+func (f *engineFleet) render(hostFile string) []*DeckySpec {
+	t := f.t
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(f.root, "hosts", "w.yaml"), []byte(hostFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fl, err := desired.Load(os.DirFS(f.root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := fl.Hosts["w"]
+	for _, d := range h.Deckies {
+		if _, ok := f.addrs[d.Name]; !ok {
+			f.addrs[d.Name] = relocalize.Assignment{IP: addrIn(t, f.lan.Subnet, 20+len(f.addrs)), MAC: relocalize.MAC(f.owner, d.Name)}
+		}
+	}
+	imgs, err := ResolveImages(t.Context(), fl, h, f.tree(), f.eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, errs := Render(RenderInput{Owner: f.owner, Project: f.shared, WorkingDir: f.root, Fleet: fl, Host: h,
+		Network: f.net, Addresses: f.addrs, Images: imgs})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	return specs
+}
+
+func (f *engineFleet) applier(eng Engine) *Applier {
+	return NewApplier(eng, f.shared, f.root, f.net, Options{ContextDir: f.t.TempDir(),
+		Steady: SteadyOptions{Samples: 2, Interval: 200 * time.Millisecond, Timeout: 60 * time.Second}}, slog.New(slog.DiscardHandler))
+}
+
+// pass plans specs against what runs, checks the plan, and applies it.
+func (f *engineFleet) pass(a *Applier, specs []*DeckySpec, want string) {
+	t := f.t
+	t.Helper()
+	observed, err := f.eng.ListContainers(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := Diff(DiffInput{Owner: f.owner, Project: f.shared, Desired: specs, Observed: observed})
+	if got := summary(cs); got != want {
+		t.Fatalf("plan\n got: %s\nwant: %s", got, want)
+	}
+	for _, r := range a.Apply(t.Context(), cs, f.tree()) {
+		if r.Status != Succeeded {
+			t.Fatalf("%s: %s", r.Decky, r.Error)
+		}
+	}
+}
+
+// buildImages builds the images of specs (what a first pass does).
+func (f *engineFleet) buildImages(a *Applier, specs []*DeckySpec) {
+	f.t.Helper()
+	entries := Diff(DiffInput{Owner: f.owner, Desired: specs}).Entries
+	if errs := a.ensureImages(f.t.Context(), entries, entries, f.tree()); len(errs) > 0 {
+		f.t.Fatal(errs)
+	}
+}
+
 // TestUpgradeKeepsSharedProjectDecky runs on a real Engine what an agent
 // upgrade meets: a decky created by an older agent, in the one Compose
 // project shared by every decky. The new agent leaves it alone (same
@@ -69,110 +210,18 @@ func (t checkout) Materialize(dir, dst string) error {
 // other containers, and moves it to its own project when its base is
 // replaced anyway.
 func TestUpgradeKeepsSharedProjectDecky(t *testing.T) {
-	docker := testlan.RequireDocker(t)
-	lan := testlan.New(t, testlan.Options{})
+	f := newEngineFleet(t)
 	ctx := t.Context()
-	sfx := testlan.Suffix()
-	owner, shared := "e2e"+sfx, "pa-e2e-"+sfx
-	netSpec := engine.NetworkSpec{Name: "pa_e2e_" + sfx, Driver: "macvlan", Parent: lan.Parent, Subnet: lan.Subnet, Gateway: lan.Gateway}
-	eng, err := engine.New(ctx, owner, engine.Options{StopGrace: time.Second}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := reaper.All(context.Background(), eng, owner, []string{netSpec.Name}); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		eng.Close()
-	})
-	if _, err := eng.EnsureNetwork(ctx, netSpec, NetworkSpecHash(netSpec)); err != nil {
-		t.Fatal(err)
-	}
-
-	// A fleet repository with the example's Dockerfiles and the decoy.
-	root := t.TempDir()
-	ex := filepath.Join(fleettest.ModuleRoot(t), "examples", "fleet-repo")
-	for _, dir := range []string{"images/base", "services/ssh", "services/http"} {
-		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		df, err := os.ReadFile(filepath.Join(ex, dir, "Dockerfile"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, dir, "Dockerfile"), df, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, dir, "decoy"), fleettest.Decoy(t), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fleet := `version: 1
-defaults: {compose_project: ` + shared + `, distro: base}
-distros:
-  base: {build: images/base, command: ["/decoy", "hold"]}
-services:
-  ssh: {build: services/ssh, ports: [22], cap_add: [NET_BIND_SERVICE]}
-  http: {build: services/http, ports: [80]}
-`
-	if err := os.WriteFile(filepath.Join(root, "fleet.yaml"), []byte(fleet), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	oldName, newName := owner+"-old", owner+"-new"
-	addrs := map[string]relocalize.Assignment{
-		oldName: {IP: addrIn(t, lan.Subnet, 20), MAC: relocalize.MAC(owner, oldName)},
-		newName: {IP: addrIn(t, lan.Subnet, 21), MAC: relocalize.MAC(owner, newName)},
-	}
-	tree := checkout(root)
-	render := func(hostFile string) []*DeckySpec {
-		t.Helper()
-		if err := os.WriteFile(filepath.Join(root, "hosts", "w.yaml"), []byte(hostFile), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		f, err := desired.Load(os.DirFS(root))
-		if err != nil {
-			t.Fatal(err)
-		}
-		imgs, err := ResolveImages(ctx, f, f.Hosts["w"], tree, eng)
-		if err != nil {
-			t.Fatal(err)
-		}
-		specs, errs := Render(RenderInput{Owner: owner, Project: shared, WorkingDir: root, Fleet: f, Host: f.Hosts["w"],
-			Network: netSpec, Addresses: addrs, Images: imgs})
-		if len(errs) > 0 {
-			t.Fatal(errs)
-		}
-		return specs
-	}
-	if err := os.MkdirAll(filepath.Join(root, "hosts"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	a := NewApplier(eng, shared, root, netSpec, Options{ContextDir: t.TempDir(),
-		Steady: SteadyOptions{Samples: 2, Interval: 200 * time.Millisecond, Timeout: 60 * time.Second}}, slog.New(slog.DiscardHandler))
-	pass := func(specs []*DeckySpec, want string) {
-		t.Helper()
-		observed, err := eng.ListContainers(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs := Diff(DiffInput{Owner: owner, Project: shared, Desired: specs, Observed: observed})
-		if got := summary(cs); got != want {
-			t.Fatalf("plan\n got: %s\nwant: %s", got, want)
-		}
-		for _, r := range a.Apply(ctx, cs, tree) {
-			if r.Status != Succeeded {
-				t.Fatalf("%s: %s", r.Decky, r.Error)
-			}
-		}
-	}
+	docker, eng, shared, root, netSpec := f.docker, f.eng, f.shared, f.root, f.net
+	oldName, newName := f.owner+"-old", f.owner+"-new"
+	a := f.applier(eng)
+	render := f.render
+	pass := func(specs []*DeckySpec, want string) { t.Helper(); f.pass(a, specs, want) }
 
 	// The older agent: one decky, in the shared project (what applyOne
 	// did before deckies had projects of their own).
 	v1 := render("deckies:\n  - name: " + oldName + "\n    services: [ssh]\n")
-	entries := Diff(DiffInput{Owner: owner, Desired: v1}).Entries
-	if errs := a.ensureImages(ctx, entries, entries, tree); len(errs) > 0 {
-		t.Fatal(errs)
-	}
+	f.buildImages(a, v1)
 	old := v1[0]
 	if err := eng.Up(ctx, old.Project(shared, root, netSpec), nil, []string{oldName, oldName + "-ssh"}); err != nil {
 		t.Fatal(err)
