@@ -6,15 +6,22 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/go-git/go-billy/v5/osfs"
 	git "github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/cache"
+	"github.com/go-git/go-git/v5/plumbing/format/packfile"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/capability"
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
+	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/go-git/go-git/v5/storage/filesystem"
 )
 
@@ -57,7 +64,7 @@ var errNoKeptClone = errors.New("no kept clone to fetch into")
 // or a commit that is refused leaves the kept clone untouched, and the
 // swap keeps its crash guarantee (old clone or new, never a mix). Hard
 // links are safe because git never rewrites a pack or its index in place.
-func (s *Syncer) fetchIncremental(ctx context.Context, url string, target plumbing.Hash, floor string, depth int) (*Snapshot, checked, error) {
+func (s *Syncer) fetchIncremental(ctx context.Context, adv *advertisement, target plumbing.Hash, floor string, depth int) (*Snapshot, checked, error) {
 	var res checked
 	if s.snap == nil {
 		return nil, res, errNoKeptClone
@@ -88,7 +95,7 @@ func (s *Syncer) fetchIncremental(ctx context.Context, url string, target plumbi
 	if err != nil {
 		return nil, res, fmt.Errorf("failed to open the copy of the kept clone: %w", err)
 	}
-	if err := s.fetchInto(ctx, st, url, depth); err != nil {
+	if err := s.fetchInto(ctx, st, adv, depth); err != nil {
 		return nil, res, err
 	}
 	res, err = s.check(repo, target, floor, false)
@@ -119,27 +126,144 @@ func (s *Syncer) fetchIncremental(ctx context.Context, url string, target plumbi
 	return final, res, nil
 }
 
-// fetchInto fetches the ref from url into st at depth, with the same
-// authentication, CA bundle and proxy as a clone.
-func (s *Syncer) fetchInto(ctx context.Context, st *filesystem.Storage, url string, depth int) error {
+// advertisement is a remote's ref advertisement and the session it came
+// on. A fetch in the same pass sends its upload-pack request on that
+// session instead of asking for the advertisement again (as go-git's
+// Fetch would): over HTTP that is one request, one `git http-backend`
+// and one `git upload-pack` process fewer on the remote per new commit.
+type advertisement struct {
+	url  string
+	sess transport.UploadPackSession
+	ar   *packp.AdvRefs
+	ref  plumbing.Hash // the ref's own hash (a tag object for an annotated tag)
+	log  *slog.Logger
+	used bool // an upload-pack request was sent: the session is spent
+}
+
+// close ends the session (over ssh, git:// and file, the server waits for
+// a request or a flush until then).
+func (a *advertisement) close() {
+	if a == nil || a.sess == nil {
+		return
+	}
+	if err := a.sess.Close(); err != nil {
+		a.log.Debug("closing the fleet remote's session", "remote", Redact(a.url), "err", err)
+	}
+	a.sess = nil
+}
+
+// fetchInto fetches the advertised ref into st at depth on the
+// advertisement's session: wants the ref, names st's commits as haves and
+// its shallow edge, writes the pack the remote sends into st (the pack
+// parser hashes every object as it writes it), records the new shallow
+// edge and points the ref at what was fetched.
+func (s *Syncer) fetchInto(ctx context.Context, st *filesystem.Storage, adv *advertisement, depth int) (err error) {
+	if adv.used || adv.sess == nil {
+		return errors.New("the remote's session was already used")
+	}
+	adv.used = true
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	ref := s.refName()
-	r := git.NewRemote(st, &config.RemoteConfig{Name: "origin", URLs: []string{url}})
-	err := r.FetchContext(ctx, &git.FetchOptions{
-		RemoteName:   "origin",
-		RefSpecs:     []config.RefSpec{config.RefSpec("+" + ref + ":" + ref)},
-		Depth:        depth,
-		Auth:         s.auth[url],
-		CABundle:     s.opt.CABundle,
-		ProxyOptions: s.proxy(),
-		Tags:         git.NoTags,
-		Force:        true,
-	})
-	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return fmt.Errorf("failed to fetch %s into the kept clone: %s", Redact(url), s.scrub(err))
+	fail := func(err error) error {
+		return fmt.Errorf("failed to fetch %s into the kept clone: %s", Redact(adv.url), s.scrub(err))
 	}
-	return nil
+	req := packp.NewUploadPackRequestFromCapabilities(adv.ar.Capabilities)
+	req.Depth = packp.DepthCommits(depth)
+	if err := req.Capabilities.Set(capability.Shallow); err != nil {
+		return fail(err)
+	}
+	if adv.ar.Capabilities.Supports(capability.NoProgress) {
+		if err := req.Capabilities.Set(capability.NoProgress); err != nil {
+			return fail(err)
+		}
+	}
+	shallows, err := st.Shallow()
+	if err != nil {
+		return fail(err)
+	}
+	req.Shallows = shallows
+	req.Wants = []plumbing.Hash{adv.ref}
+	if req.Haves, err = haves(st, 32); err != nil {
+		return fail(err)
+	}
+	resp, err := adv.sess.UploadPack(ctx, req)
+	switch {
+	case errors.Is(err, transport.ErrEmptyUploadPackRequest):
+		// Nothing to send: check decides on what is here.
+	case err != nil:
+		return fail(err)
+	default:
+		defer func() {
+			if cerr := resp.Close(); cerr != nil && err == nil {
+				err = fail(cerr)
+			}
+		}()
+		if err := st.SetShallow(updatedShallows(shallows, resp.Shallows, resp.Unshallows)); err != nil {
+			return fail(err)
+		}
+		var pack io.Reader = resp
+		switch {
+		case req.Capabilities.Supports(capability.Sideband64k):
+			pack = sideband.NewDemuxer(sideband.Sideband64k, resp)
+		case req.Capabilities.Supports(capability.Sideband):
+			pack = sideband.NewDemuxer(sideband.Sideband, resp)
+		}
+		if err := packfile.UpdateObjectStorage(st, pack); err != nil {
+			return fail(err)
+		}
+	}
+	return st.SetReference(plumbing.NewHashReference(s.refName(), adv.ref))
+}
+
+// haves lists up to max commits present in st, newest first from each
+// ref: what the remote may leave out of the pack.
+func haves(st *filesystem.Storage, max int) ([]plumbing.Hash, error) {
+	refs, err := st.IterReferences()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[plumbing.Hash]bool{}
+	var queue, out []plumbing.Hash
+	_ = refs.ForEach(func(r *plumbing.Reference) error {
+		if r.Type() == plumbing.HashReference && !seen[r.Hash()] {
+			seen[r.Hash()] = true
+			queue = append(queue, r.Hash())
+		}
+		return nil
+	})
+	for len(queue) > 0 && len(out) < max {
+		h := queue[0]
+		queue = queue[1:]
+		c, err := object.GetCommit(st, h)
+		if err != nil {
+			continue // not a commit, or beyond the shallow edge
+		}
+		out = append(out, h)
+		for _, p := range c.ParentHashes {
+			if !seen[p] {
+				seen[p] = true
+				queue = append(queue, p)
+			}
+		}
+	}
+	return out, nil
+}
+
+// updatedShallows is the shallow edge after a fetch: the old one, less
+// what the remote unshallowed (it sent their parents), plus what it
+// made shallow.
+func updatedShallows(old, add, remove []plumbing.Hash) []plumbing.Hash {
+	drop := map[plumbing.Hash]bool{}
+	for _, h := range remove {
+		drop[h] = true
+	}
+	var out []plumbing.Hash
+	for _, h := range append(slices.Clone(old), add...) {
+		if !drop[h] && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // linkClone copies the bare repository src to the existing directory dst:

@@ -32,8 +32,9 @@ func bigBlob(t *testing.T) string {
 }
 
 // packCounter serves root with git http-backend and counts the bytes of
-// every upload-pack response (the packs the remote sends).
-type packCounter struct{ bytes atomic.Int64 }
+// every upload-pack response (the packs the remote sends), the ref
+// advertisements (GET info/refs) and the upload-pack requests (POST).
+type packCounter struct{ bytes, adverts, uploads atomic.Int64 }
 
 type countingWriter struct {
 	http.ResponseWriter
@@ -51,6 +52,10 @@ func (c *packCounter) serve(t *testing.T, root string) string {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "git-upload-pack") {
 				w = countingWriter{w, &c.bytes}
+				c.uploads.Add(1)
+			}
+			if strings.HasSuffix(r.URL.Path, "/info/refs") {
+				c.adverts.Add(1)
 			}
 			h.ServeHTTP(w, r)
 		})
@@ -104,7 +109,7 @@ func TestNewCommitFetchedIntoTheKeptClone(t *testing.T) {
 			if !first.Fetched || first.Incremental {
 				t.Fatalf("first sync: fetched=%v incremental=%v, want a fresh clone", first.Fetched, first.Incremental)
 			}
-			b1 := counter.bytes.Load()
+			b1, a1, u1 := counter.bytes.Load(), counter.adverts.Load(), counter.uploads.Load()
 			base := packs(t, state)
 			if len(base) != 1 {
 				t.Fatalf("fresh clone has packs %v, want one", base)
@@ -149,6 +154,11 @@ func TestNewCommitFetchedIntoTheKeptClone(t *testing.T) {
 					t.Fatalf("the remote sent %d bytes for the fresh clone and %d for the new commit; want the large file once, then only the change", fresh, incr)
 				}
 				t.Logf("remote sent %d bytes for the clone, %d for the new commit", fresh, incr)
+				// One advertisement (the ref check, whose session the
+				// fetch reuses) and one upload-pack request.
+				if a, u := counter.adverts.Load()-a1, counter.uploads.Load()-u1; a != 1 || u != 1 {
+					t.Fatalf("the new commit cost the remote %d advertisements and %d upload-pack requests; want 1 and 1", a, u)
+				}
 			}
 			// A new process opens and verifies what was swapped in.
 			again := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{tt.remote}, Dir: state})

@@ -12,12 +12,11 @@ import (
 
 	"github.com/go-git/go-billy/v5/osfs"
 	git "github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/cache"
 	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/go-git/go-git/v5/plumbing/transport/client"
 	"github.com/go-git/go-git/v5/storage/filesystem"
-	"github.com/go-git/go-git/v5/storage/memory"
 )
 
 // Options configure a Syncer. Zero values are documented per field.
@@ -156,10 +155,12 @@ func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	if s.snap == nil {
 		s.snap = s.openLocal()
 	}
-	remote, head, err := s.advertised(ctx)
+	adv, head, err := s.advertised(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer adv.close()
+	remote := adv.url
 	target := head
 	if s.opt.Pin != "" {
 		target = plumbing.NewHash(s.opt.Pin)
@@ -177,7 +178,7 @@ func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	if err := s.refused[key]; err != nil {
 		return nil, err // the same commit again: no need to fetch it to refuse it
 	}
-	snap, err := s.fetch(ctx, remote, target, floor)
+	snap, err := s.fetch(ctx, adv, target, floor)
 	var re *RefusedError
 	if errors.As(err, &re) && !re.retry {
 		s.refused[key] = err
@@ -230,59 +231,78 @@ func (s *Syncer) Local() *Snapshot {
 }
 
 // advertised asks each remote in turn for its refs and returns the first
-// answer: the ref advertisement only, no objects.
-func (s *Syncer) advertised(ctx context.Context) (string, plumbing.Hash, error) {
+// answer: the ref advertisement only, no objects. The answer keeps its
+// session open for a fetch in the same pass; the caller closes it.
+func (s *Syncer) advertised(ctx context.Context) (*advertisement, plumbing.Hash, error) {
 	var errs []string
 	for _, url := range s.opt.Remotes {
-		h, err := s.lsRemote(ctx, url)
+		adv, h, err := s.lsRemote(ctx, url)
 		if err == nil {
-			return url, h, nil
+			return adv, h, nil
 		}
 		msg := s.scrub(err)
 		if errors.Is(err, ErrRefNotFound) {
-			return "", plumbing.ZeroHash, fmt.Errorf("%w", err)
+			return nil, plumbing.ZeroHash, fmt.Errorf("%w", err)
 		}
 		s.log.WarnContext(ctx, "fleet remote did not answer", "remote", Redact(url), "err", msg)
 		errs = append(errs, Redact(url)+": "+msg)
 	}
-	return "", plumbing.ZeroHash, fmt.Errorf("%w: %s", ErrNoRemote, strings.Join(errs, "; "))
+	return nil, plumbing.ZeroHash, fmt.Errorf("%w: %s", ErrNoRemote, strings.Join(errs, "; "))
 }
 
 func (s *Syncer) proxy() transport.ProxyOptions {
 	return transport.ProxyOptions{URL: s.opt.Proxy}
 }
 
-func (s *Syncer) lsRemote(ctx context.Context, url string) (plumbing.Hash, error) {
+// lsRemote reads url's ref advertisement and returns the commit of the
+// ref (an annotated tag peeled), with the session it came on.
+func (s *Syncer) lsRemote(ctx context.Context, url string) (*advertisement, plumbing.Hash, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	r := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{url}})
-	refs, err := r.ListContext(ctx, &git.ListOptions{Auth: s.auth[url], CABundle: s.opt.CABundle, ProxyOptions: s.proxy(), PeelingOption: git.AppendPeeled})
+	ep, err := transport.NewEndpoint(url)
 	if err != nil {
-		return plumbing.ZeroHash, err
+		return nil, plumbing.ZeroHash, err
+	}
+	ep.CaBundle, ep.Proxy = s.opt.CABundle, s.proxy()
+	c, err := client.NewClient(ep)
+	if err != nil {
+		return nil, plumbing.ZeroHash, err
+	}
+	sess, err := c.NewUploadPackSession(ep, s.auth[url])
+	if err != nil {
+		return nil, plumbing.ZeroHash, err
+	}
+	adv := &advertisement{url: url, sess: sess, log: s.log}
+	ar, err := sess.AdvertisedReferencesContext(ctx)
+	if err != nil {
+		adv.close()
+		return nil, plumbing.ZeroHash, err
+	}
+	adv.ar = ar
+	refs, err := ar.AllReferences()
+	if err != nil {
+		adv.close()
+		return nil, plumbing.ZeroHash, err
 	}
 	want := s.refName()
-	var found, peeled plumbing.Hash
-	for _, ref := range refs {
-		switch ref.Name() {
-		case want:
-			found = ref.Hash()
-		case want + "^{}": // an annotated tag's commit
-			peeled = ref.Hash()
-		}
+	if ref, err := refs.Reference(want); err == nil && ref.Type() == plumbing.HashReference {
+		adv.ref = ref.Hash()
 	}
-	switch {
-	case !peeled.IsZero():
-		return peeled, nil
-	case !found.IsZero():
-		return found, nil
+	switch peeled, ok := ar.Peeled[want.String()]; {
+	case ok && !peeled.IsZero() && !adv.ref.IsZero(): // an annotated tag's commit
+		return adv, peeled, nil
+	case !adv.ref.IsZero():
+		return adv, adv.ref, nil
 	}
-	return plumbing.ZeroHash, fmt.Errorf("%w: %s has no %s", ErrRefNotFound, Redact(url), want)
+	adv.close()
+	return nil, plumbing.ZeroHash, fmt.Errorf("%w: %s has no %s", ErrRefNotFound, Redact(url), want)
 }
 
 // fetch clones the ref into a temporary directory, deep enough to find the
 // pinned commit, the floor and every commit new since the floor; checks
 // ancestry and signatures, and only then swaps the clone in.
-func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, floor string) (*Snapshot, error) {
+func (s *Syncer) fetch(ctx context.Context, adv *advertisement, target plumbing.Hash, floor string) (*Snapshot, error) {
+	url := adv.url
 	needHistory := s.opt.Pin != "" || (floor != "" && floor != target.String() && (s.trust != nil || !s.opt.AllowRollback))
 	depth := 1
 	if needHistory {
@@ -290,7 +310,7 @@ func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, fl
 	}
 	first := depth
 	start := time.Now()
-	snap, h, err := s.fetchIncremental(ctx, url, target, floor, depth)
+	snap, h, err := s.fetchIncremental(ctx, adv, target, floor, depth)
 	var re *RefusedError
 	switch {
 	case err == nil:
@@ -300,6 +320,7 @@ func (s *Syncer) fetch(ctx context.Context, url string, target plumbing.Hash, fl
 	case !errors.Is(err, errNoKeptClone):
 		s.log.WarnContext(ctx, "could not fetch the new commit into the kept clone; cloning afresh", "commit", target.String(), "err", err)
 	}
+	adv.close() // the clone opens a session of its own
 	for {
 		tmp, repo, err := s.cloneInto(ctx, url, depth)
 		if err != nil && depth > first {
