@@ -323,3 +323,70 @@ func TestCorruptKeptCloneFallsBackToAFreshClone(t *testing.T) {
 		})
 	}
 }
+
+// A remote that answers the incremental fetch with a damaged pack (the
+// ref advertisement real) gets nothing accepted from it: the agent clones
+// afresh, and the commit is applied only when that clone verifies; while
+// every pack is damaged, the pass fails and the kept clone stays as it
+// was.
+func TestDamagedPackOnTheIncrementalFetch(t *testing.T) {
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	signer := gittest.NewSSHSigner(t, "ops")
+	repo.Signer = signer
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/decoy.bin": bigBlob(t)})
+	first := repo.Commit("first")
+	var damage atomic.Int32 // how many more upload-pack answers to damage; -1: all
+	url := gittest.HTTP(t, root, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !(r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "git-upload-pack")) || damage.Load() == 0 {
+				h.ServeHTTP(w, r)
+				return
+			}
+			if damage.Load() > 0 {
+				damage.Add(-1)
+			}
+			rec := &recorder{ResponseWriter: w}
+			h.ServeHTTP(rec, r)
+			body := rec.buf.Bytes()
+			if i := bytes.Index(body, []byte("PACK")); i >= 0 {
+				for j := i + 12; j < len(body)-20; j += 7 {
+					body[j] ^= 0x5a
+				}
+			}
+			_, _ = w.Write(body)
+		})
+	}) + "/fleet.git"
+	state := filepath.Join(t.TempDir(), "state")
+	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url}, Dir: state, Trust: fleetsync.TrustOptions{SSHAllowedSigners: signer.Trust}})
+	ctx := context.Background()
+	if _, err := s.Sync(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	repo.Write(map[string]string{"hosts/a.yaml": "deckies: []\n"})
+	second := repo.Commit("second")
+
+	damage.Store(-1)
+	if snap, err := s.Sync(ctx, first); err == nil {
+		t.Fatalf("every pack damaged: got commit %s, want an error", snap.Commit)
+	}
+	if l := s.Local(); l == nil || l.Commit != first {
+		t.Fatalf("the kept clone changed: %+v", l)
+	}
+
+	damage.Store(1) // the incremental fetch's pack only
+	snap, err := s.Sync(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Commit != second || snap.Incremental || !strings.HasPrefix(snap.Verified, "ssh:") {
+		t.Fatalf("commit %s incremental=%v verified=%q; want %s from a verified fresh clone", snap.Commit, snap.Incremental, snap.Verified, second)
+	}
+}
+
+type recorder struct {
+	http.ResponseWriter
+	buf bytes.Buffer
+}
+
+func (r *recorder) Write(b []byte) (int, error) { return r.buf.Write(b) }
