@@ -1,6 +1,8 @@
 package sync
 
 import (
+	"bytes"
+	"crypto/sha1" // git's own checksum of packs and indexes, not a security check
 	"errors"
 	"fmt"
 	"io"
@@ -320,6 +322,97 @@ func (s *Snapshot) verify() (int, error) {
 		return nil
 	})
 	return len(seen), err
+}
+
+// objectStore is what checkStored asks of the clone's object store.
+type objectStore interface {
+	HasEncodedObject(plumbing.Hash) error
+}
+
+// checkStored checks a kept clone without inflating its blobs: every pack
+// and its index must match their own SHA-1 trailers (and the index must
+// name its pack's), and every object of the snapshot's tree must be
+// present. A flipped or missing byte in a pack, a damaged index or a
+// missing object is caught as verify catches it, at the cost of hashing
+// the packs rather than inflating every blob. Loose objects carry no
+// checksum of their own, so a clone holding any is read in full instead
+// (fetches and clones write packs only).
+func (s *Snapshot) checkStored(gitDir string, st objectStore) error {
+	loose, err := filepath.Glob(filepath.Join(gitDir, "objects", "[0-9a-f][0-9a-f]", "*"))
+	if err != nil {
+		return err
+	}
+	if len(loose) > 0 {
+		_, err := s.verify()
+		return err
+	}
+	packs, err := filepath.Glob(filepath.Join(gitDir, "objects", "pack", "*.pack"))
+	if err != nil {
+		return err
+	}
+	for _, p := range packs {
+		sum, _, err := fileTrailer(p)
+		if err != nil {
+			return err
+		}
+		idx := strings.TrimSuffix(p, ".pack") + ".idx"
+		_, named, err := fileTrailer(idx)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(named, sum) {
+			return fmt.Errorf("%s does not index %s", filepath.Base(idx), filepath.Base(p))
+		}
+	}
+	w := object.NewTreeWalker(s.tree, true, nil)
+	defer w.Close()
+	for {
+		name, e, err := w.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if e.Mode == filemode.Dir || e.Mode == filemode.Submodule {
+			continue
+		}
+		if err := st.HasEncodedObject(e.Hash); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+}
+
+// fileTrailer checks that a pack or index file ends with the SHA-1 of
+// everything before it, and returns that checksum and the 20 bytes before
+// it (an index's copy of its pack's checksum).
+func fileTrailer(p string) (sum, before []byte, err error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	const n = sha1.Size
+	if fi.Size() < 2*n {
+		return nil, nil, fmt.Errorf("%s: truncated (%d bytes)", filepath.Base(p), fi.Size())
+	}
+	h := sha1.New()
+	if _, err := io.Copy(h, io.LimitReader(f, fi.Size()-2*n)); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
+	}
+	tail := make([]byte, 2*n)
+	if _, err := io.ReadFull(f, tail); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
+	}
+	h.Write(tail[:n])
+	if !bytes.Equal(h.Sum(nil), tail[n:]) {
+		return nil, nil, fmt.Errorf("%s: checksum mismatch (the file is damaged)", filepath.Base(p))
+	}
+	return tail[n:], tail[:n], nil
 }
 
 type entryInfo struct {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/decnet/pull-agent/internal/gittest"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/filemode"
 	"github.com/go-git/go-git/v5/plumbing/object"
@@ -115,5 +116,50 @@ func TestVerifyReadsEachBlobOnce(t *testing.T) {
 	}
 	if _, err := (&Snapshot{tree: tr}).verify(); err == nil {
 		t.Error("a tree with a missing blob verified")
+	}
+}
+
+// fileTrailer is what lets a reopened clone skip inflating its objects: a
+// pack or index ending in the SHA-1 of its content passes, and any changed
+// byte or a cut file fails, naming the file.
+func TestFileTrailer(t *testing.T) {
+	repo := gittest.New(t, t.TempDir(), "fleet")
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "hosts/a.yaml": "deckies: []\n"})
+	repo.Commit("first")
+	gittest.Git(t, repo.Bare, "repack", "-a", "-d", "-q")
+	packs, _ := filepath.Glob(filepath.Join(repo.Bare, "objects", "pack", "*.pack"))
+	if len(packs) != 1 {
+		t.Fatalf("packs: %v", packs)
+	}
+	idx := strings.TrimSuffix(packs[0], ".pack") + ".idx"
+	sum, _, err := fileTrailer(packs[0])
+	if err != nil {
+		t.Fatalf("intact pack: %v", err)
+	}
+	if _, named, err := fileTrailer(idx); err != nil || string(named) != string(sum) {
+		t.Fatalf("intact index: %v (names its pack: %v)", err, string(named) == string(sum))
+	}
+	for _, p := range []string{packs[0], idx} {
+		orig, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name string
+			data []byte
+			want string
+		}{
+			{"a byte flipped", func() []byte { b := append([]byte(nil), orig...); b[len(b)/3] ^= 0x80; return b }(), "checksum mismatch"},
+			{"the trailer cut", orig[:len(orig)-1], "checksum mismatch"},
+			{"almost empty", orig[:10], "truncated"},
+		} {
+			bad := filepath.Join(t.TempDir(), filepath.Base(p))
+			if err := os.WriteFile(bad, tc.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := fileTrailer(bad); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), filepath.Base(p)) {
+				t.Errorf("%s, %s: err = %v, want %q naming the file", filepath.Base(p), tc.name, err, tc.want)
+			}
+		}
 	}
 }

@@ -141,35 +141,79 @@ func TestFallbackToMirror(t *testing.T) {
 	}
 }
 
+// A kept clone found damaged when a new process opens it (where a no-op
+// pass checks the packs' checksums instead of inflating every object) is
+// removed and cloned again, whatever the damage: packs gone, one byte of a
+// pack flipped (inside a blob, so only the checksum sees it before use), an
+// index damaged, an object missing.
 func TestCorruptCloneIsRecloned(t *testing.T) {
-	root := t.TempDir()
-	repo := gittest.New(t, root, "fleet")
-	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "hosts/a.yaml": "deckies: []\n"})
-	head := repo.Commit("first")
-	dir := filepath.Join(t.TempDir(), "state")
-	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
-	if _, err := s.Sync(context.Background(), ""); err != nil {
-		t.Fatal(err)
+	flip := func(ext string) func(t *testing.T, packs []string) {
+		return func(t *testing.T, packs []string) {
+			p := strings.TrimSuffix(packs[0], ".pack") + ext
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= 0x01
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	// Delete the object packs, as a disk error or an impatient operator might.
-	packs, _ := filepath.Glob(filepath.Join(dir, "clone", "objects", "pack", "*"))
-	if len(packs) == 0 {
-		t.Fatal("no packs in the clone")
-	}
-	for _, p := range packs {
-		os.Remove(p)
-	}
-	var logs bytes.Buffer
-	s = newSyncer(t, slog.New(slog.NewTextHandler(&logs, nil)), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
-	snap, err := s.Sync(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if snap.Commit != head || !snap.Fetched {
-		t.Fatalf("want a fresh clone of %s, got %s fetched=%v", head, snap.Commit, snap.Fetched)
-	}
-	if !strings.Contains(logs.String(), "corrupt") {
-		t.Errorf("recovery was not logged: %s", logs.String())
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, packs []string)
+	}{
+		{"packs deleted", func(t *testing.T, packs []string) {
+			for _, p := range packs {
+				os.Remove(p)
+				os.Remove(strings.TrimSuffix(p, ".pack") + ".idx")
+			}
+		}},
+		{"one byte of the pack flipped", flip(".pack")},
+		{"one byte of the index flipped", flip(".idx")},
+		{"index truncated", func(t *testing.T, packs []string) {
+			if err := os.Truncate(strings.TrimSuffix(packs[0], ".pack")+".idx", 30); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			repo := gittest.New(t, root, "fleet")
+			// Incompressible, so the flipped byte lands in a blob's data.
+			repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "hosts/a.yaml": "deckies: []\n", "services/ssh/decoy.bin": bigBlob(t)})
+			head := repo.Commit("first")
+			dir := filepath.Join(t.TempDir(), "state")
+			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
+			if _, err := s.Sync(context.Background(), ""); err != nil {
+				t.Fatal(err)
+			}
+			// Intact, it reopens as it is: nothing fetched.
+			if snap, err := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir}).Sync(context.Background(), head); err != nil || snap.Fetched {
+				t.Fatalf("an intact kept clone was not reused: %+v %v", snap, err)
+			}
+			packs, _ := filepath.Glob(filepath.Join(dir, "clone", "objects", "pack", "*.pack"))
+			if len(packs) == 0 {
+				t.Fatal("no packs in the clone")
+			}
+			tc.damage(t, packs)
+			var logs bytes.Buffer
+			s = newSyncer(t, slog.New(slog.NewTextHandler(&logs, nil)), fleetsync.Options{Remotes: []string{repo.FileURL()}, Dir: dir})
+			snap, err := s.Sync(context.Background(), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snap.Commit != head || !snap.Fetched {
+				t.Fatalf("want a fresh clone of %s, got %s fetched=%v", head, snap.Commit, snap.Fetched)
+			}
+			if !strings.Contains(logs.String(), "corrupt") {
+				t.Errorf("recovery was not logged: %s", logs.String())
+			}
+			if got, err := fs.ReadFile(snap, "services/ssh/decoy.bin"); err != nil || len(got) != bigBlobSize {
+				t.Fatalf("decoy.bin reads %d bytes, %v", len(got), err)
+			}
+		})
 	}
 }
 
