@@ -31,6 +31,26 @@ func bigBlob(t *testing.T) string {
 	return hex.EncodeToString(b) // text, so git treats it as a normal file
 }
 
+// signedFleet makes a fleet repository whose commits signer signs, with a
+// first commit (message msg) holding the large blob a fresh clone sends
+// and an incremental fetch must not send again; it returns the
+// repository's root directory, the repository, the signer and that commit.
+func signedFleet(t *testing.T, msg string) (string, *gittest.Repo, *gittest.Signer, string) {
+	t.Helper()
+	root := t.TempDir()
+	repo := gittest.New(t, root, "fleet")
+	signer := gittest.NewSSHSigner(t, "ops")
+	repo.Signer = signer
+	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/decoy.bin": bigBlob(t)})
+	return root, repo, signer, repo.Commit(msg)
+}
+
+// trustingSyncer syncs url into state, trusting only signer's commits.
+func trustingSyncer(t *testing.T, url, state string, signer *gittest.Signer) *fleetsync.Syncer {
+	t.Helper()
+	return newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url}, Dir: state, Trust: fleetsync.TrustOptions{SSHAllowedSigners: signer.Trust}})
+}
+
 // packCounter serves root with git http-backend and counts the bytes of
 // every upload-pack response (the packs the remote sends), the ref
 // advertisements (GET info/refs) and the upload-pack requests (POST).
@@ -77,12 +97,7 @@ func packs(t *testing.T, state string) []string {
 // transport, and the kept clone's first pack is kept (the same file), not
 // replaced by a fresh clone.
 func TestNewCommitFetchedIntoTheKeptClone(t *testing.T) {
-	root := t.TempDir()
-	repo := gittest.New(t, root, "fleet")
-	signer := gittest.NewSSHSigner(t, "ops")
-	repo.Signer = signer
-	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/decoy.bin": bigBlob(t)})
-	repo.Commit("first")
+	root, repo, signer, _ := signedFleet(t, "first")
 	var counter packCounter
 	httpURL := counter.serve(t, root)
 	daemon := gittest.Daemon(t, root)
@@ -100,7 +115,7 @@ func TestNewCommitFetchedIntoTheKeptClone(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			state := filepath.Join(t.TempDir(), "state")
-			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{tt.remote}, Dir: state, Trust: fleetsync.TrustOptions{SSHAllowedSigners: signer.Trust}})
+			s := trustingSyncer(t, tt.remote, state, signer)
 			b0 := counter.bytes.Load()
 			first, err := s.Sync(ctx, "")
 			if err != nil {
@@ -201,16 +216,11 @@ func TestIncrementalPathStillRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			root := t.TempDir()
-			repo := gittest.New(t, root, "fleet")
-			signer := gittest.NewSSHSigner(t, "ops")
-			repo.Signer = signer
-			repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/decoy.bin": bigBlob(t)})
-			zero := repo.Commit("zero")
+			root, repo, signer, zero := signedFleet(t, "zero")
 			var counter packCounter
 			url := counter.serve(t, root) + "/fleet.git"
 			state := filepath.Join(t.TempDir(), "state")
-			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url}, Dir: state, Trust: fleetsync.TrustOptions{SSHAllowedSigners: signer.Trust}})
+			s := trustingSyncer(t, url, state, signer)
 			ctx := context.Background()
 			if _, err := s.Sync(ctx, ""); err != nil { // a fresh clone of depth 1
 				t.Fatal(err)
@@ -281,16 +291,11 @@ func TestCorruptKeptCloneFallsBackToAFreshClone(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			root := t.TempDir()
-			repo := gittest.New(t, root, "fleet")
-			signer := gittest.NewSSHSigner(t, "ops")
-			repo.Signer = signer
-			repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/decoy.bin": bigBlob(t)})
-			first := repo.Commit("first")
+			root, repo, signer, first := signedFleet(t, "first")
 			var counter packCounter
 			url := counter.serve(t, root) + "/fleet.git"
 			state := filepath.Join(t.TempDir(), "state")
-			s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url}, Dir: state, Trust: fleetsync.TrustOptions{SSHAllowedSigners: signer.Trust}})
+			s := trustingSyncer(t, url, state, signer)
 			ctx := context.Background()
 			snap, err := s.Sync(ctx, "")
 			if err != nil {
@@ -330,12 +335,7 @@ func TestCorruptKeptCloneFallsBackToAFreshClone(t *testing.T) {
 // every pack is damaged, the pass fails and the kept clone stays as it
 // was.
 func TestDamagedPackOnTheIncrementalFetch(t *testing.T) {
-	root := t.TempDir()
-	repo := gittest.New(t, root, "fleet")
-	signer := gittest.NewSSHSigner(t, "ops")
-	repo.Signer = signer
-	repo.Write(map[string]string{"fleet.yaml": "version: 1\n", "services/ssh/decoy.bin": bigBlob(t)})
-	first := repo.Commit("first")
+	root, repo, signer, first := signedFleet(t, "first")
 	var damage atomic.Int32 // how many more upload-pack answers to damage; -1: all
 	url := gittest.HTTP(t, root, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -358,7 +358,7 @@ func TestDamagedPackOnTheIncrementalFetch(t *testing.T) {
 		})
 	}) + "/fleet.git"
 	state := filepath.Join(t.TempDir(), "state")
-	s := newSyncer(t, quietLog(), fleetsync.Options{Remotes: []string{url}, Dir: state, Trust: fleetsync.TrustOptions{SSHAllowedSigners: signer.Trust}})
+	s := trustingSyncer(t, url, state, signer)
 	ctx := context.Background()
 	if _, err := s.Sync(ctx, ""); err != nil {
 		t.Fatal(err)
