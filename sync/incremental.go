@@ -118,7 +118,7 @@ func (s *Syncer) fetchIncremental(ctx context.Context, adv *advertisement, targe
 	if err := writeTrustFile(tmp, s.trustFP); err != nil {
 		return nil, res, err
 	}
-	final, err := s.swapIn(tmp, target, checkStored) // every object was read just above
+	final, err := s.swapIn(tmp, target, checkPacks) // every object was read just above
 	if err != nil {
 		return nil, res, err
 	}

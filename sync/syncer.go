@@ -153,7 +153,7 @@ func (s *Syncer) scrub(err error) string {
 // a *RefusedError.
 func (s *Syncer) Sync(ctx context.Context, applied string) (*Snapshot, error) {
 	if s.snap == nil {
-		s.snap = s.openLocal(checkStored)
+		s.snap = s.openLocal(checkPacks)
 	}
 	adv, head, err := s.advertised(ctx)
 	if err != nil {
@@ -225,7 +225,7 @@ func (s *Syncer) keptStillTrusted(ctx context.Context) bool {
 // nil when there is none.
 func (s *Syncer) Local() *Snapshot {
 	if s.snap == nil {
-		s.snap = s.openLocal(checkStored)
+		s.snap = s.openLocal(checkPacks)
 	}
 	return s.snap
 }
@@ -561,7 +561,7 @@ func (s *Syncer) cloneInto(ctx context.Context, url string, depth int) (string, 
 
 // swapIn replaces the current clone by tmp. A crash at any point leaves
 // either the old clone or the new one in place, never a mix; the new one is
-// reopened from its final place and fully verified.
+// reopened from its final place and verified as how says.
 func (s *Syncer) swapIn(tmp string, target plumbing.Hash, how verifyHow) (*Snapshot, error) {
 	// Point HEAD at the commit to apply, so reopening needs no ref logic.
 	st := filesystem.NewStorage(osfs.New(tmp), cache.NewObjectLRUDefault())
@@ -608,25 +608,25 @@ func readTrustFile(gitDir string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// openLocal opens and fully verifies the clone on disk. A clone that is
-// missing objects, half-written or otherwise unreadable is removed (and
-// logged), so the next Sync clones afresh.
 // verifyHow says how openLocal checks the kept clone's objects.
 type verifyHow int
 
 const (
-	// readEvery inflates every object of the snapshot: what a clone
-	// just fetched gets before it is used.
+	// readEvery inflates every object of the snapshot (Snapshot.verify):
+	// what a clone just fetched gets before it is used.
 	readEvery verifyHow = iota
-	// checkStored checks what is stored instead (checkStored): every
-	// pack against its own checksum, every object of the snapshot
+	// checkPacks checks what is stored instead (Snapshot.checkStored):
+	// every pack against its own checksum, every object of the snapshot
 	// present. It is what reopening a clone verified when it was fetched
 	// needs, and it costs a hash of the packs rather than inflating every
 	// blob: a no-op `once`, a new process each time, paid that for the
 	// decoy binaries of every build context (issue 15).
-	checkStored
+	checkPacks
 )
 
+// openLocal opens the clone on disk and verifies it as how says. A clone
+// that is missing objects, half-written or otherwise unreadable is removed
+// (and logged), so the next Sync clones afresh.
 func (s *Syncer) openLocal(how verifyHow) *Snapshot {
 	dir := s.cloneDir()
 	if _, err := os.Stat(dir); err != nil {
@@ -648,7 +648,7 @@ func (s *Syncer) openLocal(how verifyHow) *Snapshot {
 		}
 		snap.Ref = s.opt.Ref
 		snap.trustFP = readTrustFile(dir)
-		if how == checkStored {
+		if how == checkPacks {
 			err = snap.checkStored(dir, st)
 		} else {
 			_, err = snap.verify()
