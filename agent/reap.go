@@ -76,7 +76,7 @@ func reapDecky(ctx context.Context, opt ReapOptions, eng reaper.Cleaner) (int, e
 	// asked for; it is not saved, and its error is returned.
 	st, lerr := state.Load(opt.StateDir, opt.Host)
 	if lerr != nil {
-		st = &state.State{Applied: map[string]string{}, Addresses: map[string]state.Address{}, Failures: map[string]state.Failure{}}
+		st = state.New(opt.Host)
 	}
 	ev, rerr := teardownDecky(ctx, eng, st, opt.Decky, mine, time.Now, "pull-agent reap --decky")
 	ev.Commit = st.LastCommit
