@@ -395,6 +395,59 @@ func (f *fleet) lsRemote(k int) (time.Duration, requests) {
 	return f.remote.cpu(f.t) - c0, requests{q1.refs - q0.refs, q1.packs - q0.packs}
 }
 
+// gitFetchFloor is what the remote makes of a push without any agent:
+// one plain git client per agent, each with a shallow clone of the head
+// (made first, not counted), fetches the next pushed commit, all at once
+// as the agents do on a webhook. It returns the time from the push until
+// each client had the commit, and the remote's CPU meanwhile.
+func (f *fleet) gitFetchFloor() ([]time.Duration, time.Duration) {
+	f.t.Helper()
+	root := f.t.TempDir()
+	dirs := make([]string, len(f.agents))
+	errs := make(chan error, len(dirs))
+	sem := make(chan struct{}, 8)
+	var wg stdsync.WaitGroup
+	for i := range dirs {
+		dirs[i] = filepath.Join(root, fmt.Sprintf("c%03d", i))
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cmd := exec.Command("git", "clone", "-q", "--depth", "1", "--no-checkout", f.url, dirs[i])
+			cmd.Env = gittest.Env()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				errs <- fmt.Errorf("git clone: %v\n%s", err, out)
+			}
+		})
+	}
+	wg.Wait()
+	c := f.push()
+	pushed, rc := time.Now(), f.remote.cpu(f.t)
+	lat := make([]time.Duration, len(dirs))
+	for i, d := range dirs {
+		wg.Go(func() {
+			cmd := exec.Command("git", "-C", d, "fetch", "-q", "--depth", "1", "origin", "main")
+			cmd.Env = gittest.Env()
+			out, err := cmd.CombinedOutput()
+			lat[i] = time.Since(pushed)
+			if err != nil {
+				errs <- fmt.Errorf("git fetch: %v\n%s", err, out)
+			}
+		})
+	}
+	wg.Wait()
+	cpu := f.remote.cpu(f.t) - rc
+	close(errs)
+	for err := range errs {
+		f.t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if got := gittest.Git(f.t, d, "rev-parse", "FETCH_HEAD"); got != c {
+			f.t.Fatalf("%s fetched %s, want the pushed %s", d, got, c)
+		}
+	}
+	return lat, cpu
+}
+
 // keptPacks is the number of pack files in the agent's kept clone: one
 // after a fresh clone, one more per commit fetched into it.
 func (fa *fleetAgent) keptPacks(t testing.TB) int {
@@ -430,6 +483,12 @@ type fleetFigures struct {
 	// commit came as a fresh clone, 3 when the two pushed commits were
 	// fetched into the kept clone.
 	keptPacks []int
+	// The remote's floor for the webhook figures: as many plain git
+	// clients, each with a shallow clone of the head, fetching the next
+	// pushed commit at once: push -> fetched per client, and the remote's
+	// CPU meanwhile.
+	gitFetchLatency []time.Duration
+	gitFetchCPU     time.Duration
 }
 
 // runFleet is the whole scenario:
@@ -444,7 +503,10 @@ type fleetFigures struct {
 //     until each has applied it is taken;
 //  5. webhook: the agents run with an interval of a day (so only the
 //     trigger can bring the commit), a commit is pushed and every agent's
-//     webhook POSTed at once; the time until each has applied it.
+//     webhook POSTed at once; the time until each has applied it;
+//  6. the floor of 5: with the agents stopped, as many `git` clients,
+//     each with a shallow clone of the head, fetch the next pushed commit
+//     at once (f.gitFetchFloor).
 func runFleet(t testing.TB, n int, interval time.Duration, polls, k int) fleetFigures {
 	f := newFleet(t, n)
 	fig := fleetFigures{agents: n, interval: interval, lsRemotes: 2 * k}
@@ -513,6 +575,9 @@ func runFleet(t testing.TB, n int, interval time.Duration, polls, k int) fleetFi
 	}
 	phase("webhook: pushed commit applied by every agent")
 
+	fig.gitFetchLatency, fig.gitFetchCPU = f.gitFetchFloor()
+	phase("git fetch floor: pushed commit fetched by every git client")
+
 	lsB, qB := f.lsRemote(k)
 	fig.lsCPU = lsA + lsB
 	fig.lsReq = requests{qA.refs + qB.refs, qA.packs + qB.packs}
@@ -541,6 +606,9 @@ func TestFleetManyAgentsOneRemote(t *testing.T) {
 	}
 	if len(fig.pollLatency) != n || len(fig.triggerLatency) != n {
 		t.Errorf("applied: %d by polling, %d by webhook, of %d agents", len(fig.pollLatency), len(fig.triggerLatency), n)
+	}
+	if len(fig.gitFetchLatency) != n {
+		t.Errorf("%d git clients fetched the pushed commit, want %d", len(fig.gitFetchLatency), n)
 	}
 	if fig.appliedByTrigger != n {
 		t.Errorf("%d of %d agents applied the commit in a pass their webhook started", fig.appliedByTrigger, n)
@@ -581,6 +649,8 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		pollP50, pollMax := medianMax(fig.pollLatency)
 		trigP50, trigMax := medianMax(fig.triggerLatency)
 		perFetch := fig.trigRemoteCPU / time.Duration(n)
+		gitP50, gitMax := medianMax(fig.gitFetchLatency)
+		perGitFetch := fig.gitFetchCPU / time.Duration(n)
 		incremental := 0
 		for _, p := range fig.keptPacks {
 			if p > 1 {
@@ -591,11 +661,13 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 			"%d git ls-remote %s (%s each; %d advertisements, %d upload-pack requests); "+
 			"push to applied: polling p50 %s max %s (remote CPU meanwhile %s), webhook p50 %s max %s (remote CPU meanwhile %s; %d of %d applied by the trigger's pass); "+
 			"remote CPU per agent per new commit (webhook) %s (%d advertisements, %d upload-pack requests); %d of %d kept clones fetched into; "+
+			"floor: %d git clients fetching a pushed commit at once: p50 %s max %s, remote CPU %s (%s each); "+
 			"this process's CPU (the agents') %s",
 			n, interval, fig.noopPasses, fig.noopCPU, perPoll, fig.noopReq.refs, fig.noopReq.packs,
 			fig.lsRemotes, fig.lsCPU, perLs, fig.lsReq.refs, fig.lsReq.packs,
 			pollP50, pollMax, fig.pollRemoteCPU, trigP50, trigMax, fig.trigRemoteCPU, fig.appliedByTrigger, n,
-			perFetch, fig.trigReq.refs, fig.trigReq.packs, incremental, n, selfCPU(b)-cpu0)
+			perFetch, fig.trigReq.refs, fig.trigReq.packs, incremental, n,
+			n, gitP50, gitMax, fig.gitFetchCPU, perGitFetch, selfCPU(b)-cpu0)
 		b.ReportMetric(float64(n), "agents")
 		b.ReportMetric(interval.Seconds(), "interval-s")
 		b.ReportMetric(float64(perPoll.Microseconds()), "remote-cpu-us/poll")
@@ -609,6 +681,10 @@ func BenchmarkFleetManyAgentsOneRemote(b *testing.B) {
 		b.ReportMetric(fig.pollRemoteCPU.Seconds(), "poll-remote-cpu-s")
 		b.ReportMetric(float64(perFetch.Microseconds()), "remote-cpu-us/new-commit")
 		b.ReportMetric(float64(incremental), "incremental-agents")
+		b.ReportMetric(gitMax.Seconds(), "git-fetch-max-s")
+		b.ReportMetric(float64(trigMax)/float64(gitMax), "webhook/git-fetch")
+		b.ReportMetric(float64(perGitFetch.Microseconds()), "remote-cpu-us/git-fetch")
+		b.ReportMetric(float64(perFetch)/float64(perGitFetch), "new-commit/git-fetch")
 	}
 }
 
