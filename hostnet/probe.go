@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	stdsync "sync"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -62,8 +63,10 @@ var ErrFramesDropped = errors.New("ARP frames were dropped before they could be 
 // announces, or is itself probing one of addrs. It returns the conflicts
 // found; addresses not in the result are free as far as the LAN can tell.
 //
-// All of addrs are probed in one burst per [ProbeOptions.Probes] (hundreds
-// of addresses cost the same time as one), answers are matched by their
+// All of addrs are probed in one burst, then up to [ProbeOptions.Probes]-1
+// more bursts ask those not heard yet (hundreds of addresses cost about
+// the same time as one; a full kernel backlog delays a request, never
+// drops it: writeFrame), answers are matched by their
 // sender address (any order, any count) under one deadline for the whole
 // round, and a round in which the kernel dropped frames fails with
 // [ErrFramesDropped] rather than call unheard addresses free. It needs
@@ -107,8 +110,9 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 //
 // A round in which every target has answered ends a settle time after the
 // last of them first did, before the next burst: three times as long as
-// that slowest first answer took (at least settleMin, at most
-// opt.Interval/2). A second machine claiming an address answers the same
+// the slowest target took to answer the request last sent to it (at least
+// settleMin, at most opt.Interval/2), counted from that request, not from
+// the start of a burst that may take a while to send. A second machine claiming an address answers the same
 // broadcast request in about the time the first did (ARP is answered by
 // the kernel; a LAN round trip is well under a millisecond, Wi-Fi a few),
 // and one that is slower is still found by a later check.
@@ -210,18 +214,36 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 
 	// enough is closed once seen has heard all it needs: no further burst.
 	enough := make(chan struct{})
-	start := time.Now()
+	// What the sender and the reader share: when each target was last
+	// asked, and which have answered (a later burst asks only the silent).
+	var (
+		mu     stdsync.Mutex
+		sentAt = make(map[netip.Addr]time.Time, len(targets))
+		heard  = make(map[netip.Addr]bool, len(targets))
+	)
+	sendBy := deadline // the sender's copy: the reader moves deadline
 	bursts := 0
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < opt.Probes; i++ {
+			mu.Lock()
+			ask := make([]netip.Addr, 0, len(targets))
 			for _, a := range targets {
+				if !heard[a] {
+					ask = append(ask, a)
+				}
+			}
+			mu.Unlock()
+			for _, a := range ask {
 				p, err := arp.NewPacket(arp.OperationRequest, mine, src, ethernet.Broadcast, a)
 				if err != nil {
 					done <- err
 					return
 				}
-				if err := c.WriteTo(p, ethernet.Broadcast); err != nil {
+				mu.Lock()
+				sentAt[a] = time.Now()
+				mu.Unlock()
+				if err := writeFrame(ctx, c, p, sendBy); err != nil {
 					done <- fmt.Errorf("send on %s: %w", iface, err)
 					return
 				}
@@ -243,6 +265,11 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 		done <- nil
 	}()
 
+	// slowest is the longest any target took to first answer the request
+	// last sent to it: the LAN's answer time, not the burst's length (a
+	// burst to hundreds of deckies takes longer to send than any of them
+	// takes to answer).
+	var slowest time.Duration
 	for {
 		p, _, err := c.Read()
 		if err != nil {
@@ -259,12 +286,18 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 		if p.SenderHardwareAddr.String() == mine.String() {
 			continue // our own request, looped back
 		}
+		mu.Lock()
+		if at, asked := sentAt[p.SenderIP]; asked && !heard[p.SenderIP] {
+			heard[p.SenderIP] = true
+			slowest = max(slowest, time.Since(at))
+		}
+		mu.Unlock()
 		if seen(mine, p) {
 			select {
 			case <-enough:
 			default:
 				close(enough)
-				if end := time.Now().Add(settle(time.Since(start), opt.Interval)); end.Before(deadline) {
+				if end := time.Now().Add(settle(slowest, opt.Interval)); end.Before(deadline) {
 					deadline = end
 					_ = c.SetReadDeadline(deadline)
 				}
@@ -281,6 +314,35 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 		return bursts, fmt.Errorf("%w: %d on %s", ErrFramesDropped, st.Drops, iface)
 	}
 	return bursts, nil
+}
+
+// frameWriter is the part of an *arp.Client that writeFrame uses.
+type frameWriter interface {
+	WriteTo(p *arp.Packet, addr net.HardwareAddr) error
+}
+
+// writeFrame sends one request, waiting out a full backlog. A broadcast
+// on a macvlan or ipvlan parent is copied to every sibling endpoint, and
+// each decky holds one: a burst for hundreds of deckies is hundreds of
+// times as many frames for the kernel's per-CPU backlog
+// (net.core.netdev_max_backlog, 1000 by default). When it is full the
+// copies that did not fit are dropped and the send fails with ENOBUFS; a
+// healthy decky would then not hear its request, and a check that stopped
+// there would conclude nothing (or, had the error been ignored, call the
+// decky silent). The request is sent again once the backlog has had time
+// to drain, until the round's deadline.
+func writeFrame(ctx context.Context, c frameWriter, p *arp.Packet, deadline time.Time) error {
+	for backoff := time.Millisecond; ; backoff = min(2*backoff, 16*time.Millisecond) {
+		err := c.WriteTo(p, ethernet.Broadcast)
+		if err == nil || !errors.Is(err, unix.ENOBUFS) || time.Now().Add(backoff).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+	}
 }
 
 // tuneSocket makes a burst's answers fit: a large receive buffer

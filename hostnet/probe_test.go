@@ -5,12 +5,16 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/decnet/pull-agent/internal/testlan"
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"golang.org/x/sys/unix"
 )
 
 func TestProbeFindsAddressesInUse(t *testing.T) {
@@ -227,4 +231,93 @@ func TestSettle(t *testing.T) {
 			t.Errorf("settle(%v, %v) = %v, want %v", tc.answered, tc.interval, got, tc.want)
 		}
 	}
+}
+
+// TestResolveManyDeckiesOnTheParent checks hundreds of deckies from the
+// helper link, as a full pass on a big worker does. Each broadcast request
+// is copied to every macvlan on the parent, so one burst is hundreds of
+// times as many frames as requests for the kernel's backlog: when it
+// fills, the send fails with ENOBUFS and copies are dropped. Round after
+// round every decky must still be heard, with its own MAC alone, and no
+// round may fail. Whether the backlog fills here depends on the machine's
+// load (it did on a loaded worker with 250 Docker deckies, two rounds in
+// three); TestWriteFrameWaitsOutAFullBacklog forces it.
+func TestResolveManyDeckiesOnTheParent(t *testing.T) {
+	l := testlan.New(t, testlan.Options{Bits: 24})
+	d, err := NewDetector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	name := "hl" + testlan.Suffix()
+	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
+	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	deckies := l.AddSiblings(t, l.Peer.Next(), 240)
+	targets := make([]netip.Addr, 0, len(deckies))
+	for a := range deckies {
+		targets = append(targets, a)
+	}
+	for round := 1; round <= 5; round++ {
+		got, err := Resolve(context.Background(), name, l.Host, targets, ProbeOptions{})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		wrong := 0
+		for a, mac := range deckies {
+			if len(got[a]) != 1 || got[a][0].String() != mac.String() {
+				wrong++
+				if wrong <= 3 {
+					t.Errorf("round %d: %s resolved to %v, want %s alone", round, a, got[a], mac)
+				}
+			}
+		}
+		if wrong > 0 {
+			t.Fatalf("round %d: %d of %d deckies not heard as themselves", round, wrong, len(deckies))
+		}
+	}
+}
+
+// enobufs fails its first n writes as a full kernel backlog does.
+type enobufs struct{ n, writes int }
+
+func (e *enobufs) WriteTo(*arp.Packet, net.HardwareAddr) error {
+	e.writes++
+	if e.writes <= e.n {
+		return &net.OpError{Op: "write", Err: os.NewSyscallError("sendto", unix.ENOBUFS)}
+	}
+	return nil
+}
+
+// A full backlog delays a request until it fits; it fails the round only
+// at the round's deadline, and any other send error fails it at once.
+func TestWriteFrameWaitsOutAFullBacklog(t *testing.T) {
+	p, err := arp.NewPacket(arp.OperationRequest, net.HardwareAddr{2, 0, 0, 0, 0, 1}, netip.MustParseAddr("198.51.100.2"), ethernet.Broadcast, netip.MustParseAddr("198.51.100.9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	w := &enobufs{n: 3}
+	if err := writeFrame(ctx, w, p, time.Now().Add(time.Minute)); err != nil || w.writes != 4 {
+		t.Errorf("three ENOBUFS then room: err %v after %d writes, want nil after 4", err, w.writes)
+	}
+	w = &enobufs{n: 1 << 30}
+	if err := writeFrame(ctx, w, p, time.Now().Add(50*time.Millisecond)); !errors.Is(err, unix.ENOBUFS) {
+		t.Errorf("a backlog full to the deadline: err %v, want ENOBUFS", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := writeFrame(cctx, &enobufs{n: 1 << 30}, p, time.Now().Add(time.Minute)); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled while waiting: err %v, want context.Canceled", err)
+	}
+	if err := writeFrame(ctx, failing{}, p, time.Now().Add(time.Minute)); !errors.Is(err, unix.ENETDOWN) {
+		t.Errorf("another send error: err %v, want it returned at once", err)
+	}
+}
+
+type failing struct{}
+
+func (failing) WriteTo(*arp.Packet, net.HardwareAddr) error {
+	return os.NewSyscallError("sendto", unix.ENETDOWN)
 }

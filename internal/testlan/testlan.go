@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -204,6 +205,47 @@ func (l *LAN) AddMachine(t testing.TB, a netip.Addr, mac net.HardwareAddr) {
 	run(t, "ip", "-n", l.NS, "link", "add", dev, "link", l.peerDev, "address", mac.String(), "type", "macvlan", "mode", "bridge")
 	run(t, "ip", "-n", l.NS, "addr", "add", fmt.Sprintf("%s/%d", a, l.Subnet.Bits()), "dev", dev)
 	run(t, "ip", "-n", l.NS, "link", "set", dev, "up")
+}
+
+// AddSiblings puts n machines on the worker's own NIC, as Docker puts
+// deckies there: macvlans in bridge mode on Parent, each with its own MAC
+// and one address from first on, answering ARP for that address alone
+// (arp_ignore=1). They share a namespace of their own, removed with the
+// LAN. As with real deckies, every broadcast sent from a macvlan on Parent
+// (the host helper link) is copied to each of them.
+func (l *LAN) AddSiblings(t testing.TB, first netip.Addr, n int) map[netip.Addr]net.HardwareAddr {
+	t.Helper()
+	ns := l.NS + "s"
+	run(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
+	out := make(map[netip.Addr]net.HardwareAddr, n)
+	var root, inNS strings.Builder
+	a := first
+	for i := 0; i < n; i, a = i+1, a.Next() {
+		if !l.Subnet.Contains(a) || a == l.Host || a == l.Peer || slices.Contains(l.Busy, a) {
+			t.Fatalf("testlan: sibling address %s is outside %s or taken", a, l.Subnet)
+		}
+		dev := fmt.Sprintf("ps%s%d", l.id, i)
+		mac := net.HardwareAddr{0x02, 0x5e, 0x00, 0x00, byte(i >> 8), byte(i)}
+		out[a] = mac
+		fmt.Fprintf(&root, "link add %s link %s address %s type macvlan mode bridge\nlink set %s netns %s\n", dev, l.Parent, mac, dev, ns)
+		fmt.Fprintf(&inNS, "addr add %s/%d dev %s\nlink set %s up\n", a, l.Subnet.Bits(), dev, dev)
+	}
+	for _, b := range []struct {
+		args []string
+		cmds string
+	}{
+		{[]string{"ip", "-batch", "-"}, root.String()},
+		{[]string{"ip", "-n", ns, "-batch", "-"}, inNS.String()},
+	} {
+		cmd := exec.Command(b.args[0], b.args[1:]...)
+		cmd.Stdin = strings.NewReader(b.cmds)
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("testlan: %s: %v\n%s", strings.Join(b.args, " "), err, o)
+		}
+	}
+	return out
 }
 
 // AddPeerAddr makes the LAN machine hold one more address (an address a
