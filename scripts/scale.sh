@@ -16,7 +16,10 @@
 #            of the agent pass (DIR/<n>/agent.pprof, agent.trace)
 #   noop     BenchmarkNoOpOnceAtScale at the same sizes: a no-op `once`
 #            process against git ls-remote + one container listing, and
-#            the daemon's RSS after converging (idle-rss)
+#            the daemon's RSS after converging (idle-rss), and one
+#            debug `once`'s per-step times. SCALE_HOLD=FILE keeps the
+#            converged world until FILE is removed (the once command
+#            line is written into it), for perf or strace by hand
 #   fleet    BenchmarkFleetManyAgentsOneRemote: FLEET_AGENTS (default 200)
 #            in-process agents (fake Engine) polling one git http-backend
 #            process every FLEET_INTERVAL (default 20s): the remote's CPU
@@ -27,7 +30,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PATH,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE,RUNS,SCALE_DECKIES,SCALE_PROFILE,FLEET_AGENTS,FLEET_INTERVAL,PULL_AGENT_BASE_BIN "$0" "$@"
+  exec sudo --preserve-env=PATH,GOFLAGS,GOPROXY,GOPATH,GOCACHE,GOMODCACHE,RUNS,SCALE_DECKIES,SCALE_PROFILE,SCALE_HOLD,FLEET_AGENTS,FLEET_INTERVAL,PULL_AGENT_BASE_BIN "$0" "$@"
 fi
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 RUNS=${RUNS:-7}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,7 +66,12 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 	// PULL_AGENT_BASE_BIN, when set, is another build (an older commit)
 	// run interleaved on the same converged world: before/after in one run.
 	base := os.Getenv("PULL_AGENT_BASE_BIN")
-	var once, floor, baseOnce time.Duration
+	// The same once without the LAN identity check (--helper ''): fetch,
+	// one listing, diff and the rest, what the floor stands for; the check
+	// (an ARP round and a dial of every declared port) grows with the
+	// deckies, the floor does not.
+	noLANArgs := append(slices.Clone(args), "--helper", "")
+	var once, floor, baseOnce, noLAN time.Duration
 	var onceRSS, baseRSS int64
 	// b.Loop, not b.N: with b.N the testing package calls this function
 	// once with N=1 before the measured run, converging the whole world
@@ -76,6 +82,8 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 		d, rss := proc(agentCmd(args...))
 		once += d
 		onceRSS = max(onceRSS, rss)
+		d, _ = proc(agentCmd(noLANArgs...))
+		noLAN += d
 		if base != "" {
 			d, rss := proc(exec.Command(base, args...))
 			baseOnce += d
@@ -88,10 +96,39 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 		floor += d1 + d2
 	}
 	b.StopTimer()
+	// One more no-op once with debug logs: its "pass steps" line says
+	// where a no-op pass spends its time at this size.
+	var dbg strings.Builder
+	cmd := agentCmd(append(slices.Clone(args), "--log-level", "debug")...)
+	cmd.Stdout, cmd.Stderr = &dbg, &dbg
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("once --log-level debug: %v\n%s", err, lastLines(dbg.String(), 20))
+	}
+	for _, line := range strings.Split(dbg.String(), "\n") {
+		if strings.Contains(line, "pass steps") {
+			b.Log(line)
+		}
+	}
+	// SCALE_HOLD=FILE keeps the converged world for work by hand (perf,
+	// strace): the once command line is written to FILE, and the world
+	// is torn down once FILE is removed.
+	if hold := os.Getenv("SCALE_HOLD"); hold != "" {
+		if err := os.WriteFile(hold, []byte(strings.Join(append([]string{os.Getenv("PULL_AGENT_BIN")}, args...), " ")+"\n"), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, err := os.Stat(hold); err != nil {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+	}
 	b.ReportMetric(float64(n), "deckies")
 	b.ReportMetric(float64(once.Microseconds())/float64(iters)/1000, "once-ms")
 	b.ReportMetric(float64(floor.Microseconds())/float64(iters)/1000, "floor-ms")
 	b.ReportMetric(float64(once)/float64(floor), "once/floor")
+	b.ReportMetric(float64(noLAN.Microseconds())/float64(iters)/1000, "once-nolan-ms")
+	b.ReportMetric(float64(noLAN)/float64(floor), "once-nolan/floor")
 	b.ReportMetric(float64(onceRSS)/1024, "once-peak-MB")
 	if base != "" {
 		b.ReportMetric(float64(baseOnce.Microseconds())/float64(iters)/1000, "base-once-ms")
