@@ -33,6 +33,12 @@ type LoopOptions struct {
 	Now     func() time.Time                     // default time.Now
 	// OnPass observes every pass (metrics, the summary line).
 	OnPass func(res *Result, err error, took time.Duration)
+	// AfterPass runs after every pass that was not skipped; default
+	// memlimit.AfterPass, which returns the pass's memory to the OS with
+	// a full collection of the process's heap. Many agents in one
+	// process (the fleet benchmark) share that heap, so each would pay
+	// for all of them; a real agent is a process of its own.
+	AfterPass func()
 }
 
 func (o *LoopOptions) defaults() {
@@ -54,6 +60,9 @@ func (o *LoopOptions) defaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.AfterPass == nil {
+		o.AfterPass = memlimit.AfterPass
 	}
 }
 
@@ -112,7 +121,7 @@ func (a *Agent) Run(ctx context.Context, opt LoopOptions) error {
 			opt.OnPass(res, err, opt.Now().Sub(t0))
 		}
 		if res == nil || !res.Skipped {
-			memlimit.AfterPass() // return what the pass held before idling
+			opt.AfterPass() // return what the pass held before idling
 		}
 		if errors.Is(err, ErrDecommissioned) {
 			return err // nothing is left to reconcile: the process exits 0

@@ -28,18 +28,20 @@ type passed struct {
 
 // loop runs the daemon loop of w with a clock the test drives: After
 // fires only when the test ticks. It returns the passes as they end.
-func (w *world) loop(t *testing.T, tick chan time.Time) <-chan passed {
+func (w *world) loop(t *testing.T, tick chan time.Time, tune ...func(*agent.LoopOptions)) <-chan passed {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	passes := make(chan passed, 16)
 	done := make(chan error, 1)
-	go func() {
-		done <- w.a.Run(ctx, agent.LoopOptions{
-			Interval: time.Hour, Resync: time.Hour, Watch: true,
-			After:  func(time.Duration) <-chan time.Time { return tick },
-			OnPass: func(res *agent.Result, err error, _ time.Duration) { passes <- passed{res, err} },
-		})
-	}()
+	opt := agent.LoopOptions{
+		Interval: time.Hour, Resync: time.Hour, Watch: true,
+		After:  func(time.Duration) <-chan time.Time { return tick },
+		OnPass: func(res *agent.Result, err error, _ time.Duration) { passes <- passed{res, err} },
+	}
+	for _, f := range tune {
+		f(&opt)
+	}
+	go func() { done <- w.a.Run(ctx, opt) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -104,6 +106,40 @@ func TestOwnEventsAreNotDrift(t *testing.T) {
 	tick <- time.Now()
 	if p := next(t, passes); p.err != nil || !p.res.Skipped {
 		t.Fatalf("the agent's own events made the next pass run fully: %+v %v", p.res, p.err)
+	}
+}
+
+// Memory is returned after each pass that did work, and not after one
+// skipped over an unchanged commit: it held nothing to return, and a full
+// collection every interval would cost CPU for nothing.
+func TestMemoryReturnedAfterPassesThatWorked(t *testing.T) {
+	w := newWorld(t)
+	w.push("a:ssh")
+	var returned atomic.Int32
+	tick := make(chan time.Time)
+	passes := w.loop(t, tick, func(o *agent.LoopOptions) { o.AfterPass = func() { returned.Add(1) } })
+	// A pass's AfterPass runs after its OnPass and before the next pass:
+	// the count is read after skipped passes, when every earlier pass's
+	// call has surely been made and the skipped one makes none.
+	worked := int32(0)
+	for i, push := range [][]string{nil, nil, {"a:ssh", "b:ssh"}, nil, nil} {
+		if i > 0 {
+			if push != nil {
+				w.push(push...)
+			}
+			tick <- time.Now()
+		}
+		p := next(t, passes)
+		if p.err != nil || p.res.Skipped != (i > 0 && push == nil) {
+			t.Fatalf("pass %d: skipped=%v err=%v", i+1, p.res.Skipped, p.err)
+		}
+		if !p.res.Skipped {
+			worked++
+			continue
+		}
+		if got := returned.Load(); got != worked {
+			t.Errorf("after pass %d (skipped): memory returned %d times, want %d (once per pass that did work)", i+1, got, worked)
+		}
 	}
 }
 

@@ -106,16 +106,7 @@ func TestProbeCancelledIsNotFree(t *testing.T) {
 // address.
 func TestResolveFromHelper(t *testing.T) {
 	l := testlan.New(t, testlan.Options{Busy: 2})
-	d, err := NewDetector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	name := "hl" + testlan.Suffix()
-	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
-	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
-		t.Fatal(err)
-	}
+	name := helperOn(t, l)
 	helper, err := net.InterfaceByName(name)
 	if err != nil {
 		t.Fatal(err)
@@ -171,16 +162,7 @@ func TestResolveFromHelper(t *testing.T) {
 // address; a round with a silent target sends every burst.
 func TestResolveStopsWhenEveryTargetAnswered(t *testing.T) {
 	l := testlan.New(t, testlan.Options{Busy: 2})
-	d, err := NewDetector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	name := "hl" + testlan.Suffix()
-	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
-	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
-		t.Fatal(err)
-	}
+	name := helperOn(t, l)
 	decky, deckyMAC := l.Busy[1].Next().Next(), net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}
 	l.AddMachine(t, decky, deckyMAC)
 	dup, dupMAC := decky.Next(), net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x66}
@@ -244,16 +226,7 @@ func TestSettle(t *testing.T) {
 // three); TestWriteFrameWaitsOutAFullBacklog forces it.
 func TestResolveManyDeckiesOnTheParent(t *testing.T) {
 	l := testlan.New(t, testlan.Options{Bits: 24})
-	d, err := NewDetector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	name := "hl" + testlan.Suffix()
-	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
-	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
-		t.Fatal(err)
-	}
+	name := helperOn(t, l)
 	deckies := l.AddSiblings(t, l.Peer.Next(), 240)
 	targets := make([]netip.Addr, 0, len(deckies))
 	for a := range deckies {
@@ -320,4 +293,21 @@ type failing struct{}
 
 func (failing) WriteTo(*arp.Packet, net.HardwareAddr) error {
 	return os.NewSyscallError("sendto", unix.ENETDOWN)
+}
+
+// helperOn makes a host helper link on l's parent, removed when the test
+// ends, for a test's ARP rounds, and returns its name.
+func helperOn(t *testing.T, l *testlan.LAN) string {
+	t.Helper()
+	d, err := NewDetector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	name := "hl" + testlan.Suffix()
+	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
+	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	return name
 }
