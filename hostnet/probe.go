@@ -66,10 +66,10 @@ var ErrFramesDropped = errors.New("ARP frames were dropped before they could be 
 // All of addrs are probed in one burst, then up to [ProbeOptions.Probes]-1
 // more bursts ask those not heard yet (hundreds of addresses cost about
 // the same time as one; a full kernel backlog delays a request, never
-// drops it: writeFrame), answers are matched by their
-// sender address (any order, any count) under one deadline for the whole
-// round, and a round in which the kernel dropped frames fails with
-// [ErrFramesDropped] rather than call unheard addresses free. It needs
+// drops it: writeFrame), answers are matched by their sender address (any
+// order, any count) under one deadline for the whole round, and a round
+// in which the kernel dropped frames fails with [ErrFramesDropped] rather
+// than call unheard addresses free. It needs
 // CAP_NET_RAW.
 func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptions) (map[netip.Addr]Conflict, error) {
 	out := map[netip.Addr]Conflict{}
@@ -112,10 +112,11 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 // last of them first did, before the next burst: three times as long as
 // the slowest target took to answer the request last sent to it (at least
 // settleMin, at most opt.Interval/2), counted from that request, not from
-// the start of a burst that may take a while to send. A second machine claiming an address answers the same
-// broadcast request in about the time the first did (ARP is answered by
-// the kernel; a LAN round trip is well under a millisecond, Wi-Fi a few),
-// and one that is slower is still found by a later check.
+// the start of a burst that may take a while to send. A second machine
+// claiming an address answers the same broadcast request in about the
+// time the first did (ARP is answered by the kernel; a LAN round trip is
+// well under a millisecond, Wi-Fi a few), and one that is slower is still
+// found by a later check.
 // This is what keeps a check of hundreds of healthy deckies to one burst
 // (about a tenth of the full round) in every full pass and every `once`.
 // A round with a target still silent listens to the end, as before.
