@@ -110,10 +110,15 @@ func BenchmarkNoOpOnceAtScale(b *testing.B) {
 		}
 	}
 	// SCALE_HOLD=FILE keeps the converged world for work by hand (perf,
-	// strace): the once command line is written to FILE, and the world
-	// is torn down once FILE is removed.
+	// strace): the once command line is written to FILE, each word quoted
+	// for sh (some are empty), and the world is torn down once FILE is
+	// removed.
 	if hold := os.Getenv("SCALE_HOLD"); hold != "" {
-		if err := os.WriteFile(hold, []byte(strings.Join(append([]string{os.Getenv("PULL_AGENT_BIN")}, args...), " ")+"\n"), 0o600); err != nil {
+		words := append([]string{os.Getenv("PULL_AGENT_BIN")}, args...)
+		for i, w := range words {
+			words[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+		}
+		if err := os.WriteFile(hold, []byte(strings.Join(words, " ")+"\n"), 0o600); err != nil {
 			b.Fatal(err)
 		}
 		for {
