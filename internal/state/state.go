@@ -58,13 +58,13 @@ type State struct {
 	Failures    map[string]Failure `json:"failures"`
 }
 
-// Load reads the state file in dir; a missing file gives an empty state.
 // New returns the empty state of host: what Load returns when there is no
 // state file yet.
 func New(host string) *State {
 	return &State{Version: Version, Host: host, Addresses: map[string]Address{}, Applied: map[string]string{}, Failures: map[string]Failure{}}
 }
 
+// Load reads the state file in dir; a missing file gives an empty state.
 func Load(dir, host string) (*State, error) {
 	s := New(host)
 	data, err := os.ReadFile(filepath.Join(dir, File))
