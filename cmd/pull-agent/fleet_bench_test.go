@@ -407,42 +407,48 @@ func (f *fleet) gitFetchFloor() ([]time.Duration, time.Duration) {
 	f.t.Helper()
 	root := f.t.TempDir()
 	dirs := make([]string, len(f.agents))
-	errs := make(chan error, len(dirs))
-	sem := make(chan struct{}, 8)
-	var wg stdsync.WaitGroup
+	// each runs fn(i, dir) for every client, at most limit at once, and
+	// fails the test with the first error once all have ended.
+	each := func(limit int, fn func(i int, dir string) error) {
+		errs := make(chan error, len(dirs))
+		sem := make(chan struct{}, limit)
+		var wg stdsync.WaitGroup
+		for i, d := range dirs {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				if err := fn(i, d); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			f.t.Fatal(err)
+		}
+	}
+	git := func(args ...string) error {
+		cmd := exec.Command("git", args...)
+		cmd.Env = gittest.Env()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
 	for i := range dirs {
 		dirs[i] = filepath.Join(root, fmt.Sprintf("c%03d", i))
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			cmd := exec.Command("git", "clone", "-q", "--depth", "1", "--no-checkout", f.url, dirs[i])
-			cmd.Env = gittest.Env()
-			if out, err := cmd.CombinedOutput(); err != nil {
-				errs <- fmt.Errorf("git clone: %v\n%s", err, out)
-			}
-		})
 	}
-	wg.Wait()
+	each(8, func(_ int, d string) error { return git("clone", "-q", "--depth", "1", "--no-checkout", f.url, d) })
 	c := f.push()
 	pushed, rc := time.Now(), f.remote.cpu(f.t)
 	lat := make([]time.Duration, len(dirs))
-	for i, d := range dirs {
-		wg.Go(func() {
-			cmd := exec.Command("git", "-C", d, "fetch", "-q", "--depth", "1", "origin", "main")
-			cmd.Env = gittest.Env()
-			out, err := cmd.CombinedOutput()
-			lat[i] = time.Since(pushed)
-			if err != nil {
-				errs <- fmt.Errorf("git fetch: %v\n%s", err, out)
-			}
-		})
-	}
-	wg.Wait()
+	each(len(dirs), func(i int, d string) error {
+		err := git("-C", d, "fetch", "-q", "--depth", "1", "origin", "main")
+		lat[i] = time.Since(pushed)
+		return err
+	})
 	cpu := f.remote.cpu(f.t) - rc
-	close(errs)
-	for err := range errs {
-		f.t.Fatal(err)
-	}
 	for _, d := range dirs {
 		if got := gittest.Git(f.t, d, "rev-parse", "FETCH_HEAD"); got != c {
 			f.t.Fatalf("%s fetched %s, want the pushed %s", d, got, c)
