@@ -27,15 +27,15 @@ import (
 const OpDrift = "drift"
 
 // ARPResolver is an optional role of a [LAN]: which MACs answer ARP for
-// targets, asked from iface with sender address src (hostnet.Resolve).
-// Without it the identity check looks at declared ports only.
+// q's targets (hostnet.Resolve). Without it the identity check looks at
+// declared ports only.
 type ARPResolver interface {
-	Resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr) (map[netip.Addr][]net.HardwareAddr, error)
+	Resolve(ctx context.Context, q hostnet.Query) (map[netip.Addr][]net.HardwareAddr, error)
 }
 
 // Resolve implements [ARPResolver] with hostnet.Resolve.
-func (h HostLAN) Resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr) (map[netip.Addr][]net.HardwareAddr, error) {
-	return hostnet.Resolve(ctx, iface, src, targets, h.ProbeOptions)
+func (h HostLAN) Resolve(ctx context.Context, q hostnet.Query) (map[netip.Addr][]net.HardwareAddr, error) {
+	return hostnet.Resolve(ctx, q, h.ProbeOptions)
 }
 
 // NeighbourForgetter is an optional role of a [LAN]: forgetting what the
@@ -195,8 +195,17 @@ func identity(ctx context.Context, p *pass) error {
 		}
 		if r, ok := a.d.LAN.(ARPResolver); ok {
 			src := p.lan.HostAddrs[0]
+			// Each macvlan decky is asked at its own MAC, and the rest of
+			// the LAN by a broadcast on the NIC: a broadcast from the
+			// helper would be copied to every decky on the worker.
+			expect := map[netip.Addr]net.HardwareAddr{}
+			for _, id := range ids {
+				if mac, err := net.ParseMAC(id.MAC); err == nil {
+					expect[id.IP] = mac
+				}
+			}
 			in.Resolver = apply.ResolverFunc(func(ctx context.Context, targets []netip.Addr) (map[netip.Addr][]net.HardwareAddr, error) {
-				return r.Resolve(ctx, link, src, targets)
+				return r.Resolve(ctx, hostnet.Query{Iface: link, Src: src, Targets: targets, Expect: expect, Parent: p.lan.Interface})
 			})
 		}
 	}

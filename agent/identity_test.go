@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"github.com/decnet/pull-agent/agent"
 	"github.com/decnet/pull-agent/apply"
 	"github.com/decnet/pull-agent/desired"
+	"github.com/decnet/pull-agent/hostnet"
 	"github.com/decnet/pull-agent/internal/fake"
 	"github.com/decnet/pull-agent/relocalize"
 )
@@ -68,14 +70,25 @@ type arpLAN struct {
 	mu    stdsync.Mutex
 	macs  map[netip.Addr][]string // nil entry: the derived MAC; empty: silent
 	err   error
-	asked []string // "iface src targets"
+	asked []string // "iface src targets [at MACs via parent]"
 	names map[netip.Addr]string
 }
 
-func (l *arpLAN) Resolve(_ context.Context, iface string, src netip.Addr, targets []netip.Addr) (map[netip.Addr][]net.HardwareAddr, error) {
+func (l *arpLAN) Resolve(_ context.Context, q hostnet.Query) (map[netip.Addr][]net.HardwareAddr, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.asked = append(l.asked, iface+" "+src.String()+" "+fmtAddrs(targets))
+	targets := q.Targets
+	asked := q.Iface + " " + q.Src.String() + " " + fmtAddrs(targets)
+	if len(q.Expect) > 0 {
+		var at []string
+		for _, t := range targets {
+			if mac, ok := q.Expect[t]; ok {
+				at = append(at, mac.String())
+			}
+		}
+		asked += " at " + strings.Join(at, ",") + " via " + q.Parent
+	}
+	l.asked = append(l.asked, asked)
 	if l.err != nil {
 		return nil, l.err
 	}
@@ -231,8 +244,11 @@ func TestIdentityCheckScope(t *testing.T) {
 		if res := w.mustPass(true); len(res.Events) != 0 {
 			t.Fatalf("a clean full pass reported %v", events(res.Events))
 		}
-		if len(lan.asked) != 1 || !strings.HasPrefix(lan.asked[0], "decnet_macvlan0 198.51.100.2 ") {
-			t.Errorf("arp asked %v, want one round from decnet_macvlan0 as 198.51.100.2", lan.asked)
+		// Each decky at its derived MAC, the LAN by a broadcast on the NIC.
+		want := fmt.Sprintf("decnet_macvlan0 198.51.100.2 %s at %s,%s via eth1", fmtAddrs([]netip.Addr{w.ip("a"), w.ip("b")}),
+			relocalize.MAC("w", "a"), relocalize.MAC("w", "b"))
+		if len(lan.asked) != 1 || lan.asked[0] != want {
+			t.Errorf("arp asked %q, want one round %q", lan.asked, want)
 		}
 		// a: ssh 22; b: http 80 and ssh 22.
 		if got := pc.count() - n; got != 3 {
@@ -332,7 +348,8 @@ func TestIdentityIpvlanComparesNoMAC(t *testing.T) {
 	if res := w.mustPass(true); len(res.Events) != 0 {
 		t.Fatalf("events %v: the parent's MAC taken for drift", events(res.Events))
 	}
-	if len(lan.asked) != 1 || !strings.HasPrefix(lan.asked[0], "decnet_ipvlan0 ") {
-		t.Errorf("arp asked %v, want one round from decnet_ipvlan0", lan.asked)
+	// No MAC to ask at: every ipvlan decky shares the parent's.
+	if len(lan.asked) != 1 || !strings.HasPrefix(lan.asked[0], "decnet_ipvlan0 ") || strings.Contains(lan.asked[0], " at ") {
+		t.Errorf("arp asked %v, want one round of broadcasts from decnet_ipvlan0", lan.asked)
 	}
 }

@@ -15,6 +15,9 @@
 // frames fails rather than call an address free. [Resolve] asks the LAN,
 // from the host helper link and the worker's own address, which MAC
 // answers for given decky addresses: the LAN's view of a decky's identity.
+// A decky with a known MAC is asked at that MAC alone, and the rest of the
+// LAN by a broadcast sent on the worker's NIC, so a check of n macvlan
+// deckies costs about 2n frames, not the n*n of broadcasts from the helper.
 // [Detector.EnsureHelper] keeps that helper link.
 //
 // # Boundaries

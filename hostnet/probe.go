@@ -2,6 +2,7 @@ package hostnet
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -80,7 +81,7 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 	for _, a := range addrs {
 		want[a] = true
 	}
-	_, err := arpRound(ctx, iface, netip.IPv4Unspecified(), addrs, opt, func(mine net.HardwareAddr, p *arp.Packet) bool {
+	_, err := arpRound(ctx, iface, netip.IPv4Unspecified(), addrs, opt, nil, func(mine net.HardwareAddr, p *arp.Packet) bool {
 		switch {
 		case want[p.SenderIP]:
 			out[p.SenderIP] = Conflict{IP: p.SenderIP, MAC: p.SenderHardwareAddr}
@@ -97,16 +98,42 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 	return out, nil
 }
 
-// Resolve asks the LAN, from iface with sender address src, which MAC
-// answers ARP for each of targets: the LAN's view of an address, for
-// checking that a decky is seen with its own derived MAC. Send it from the
-// host helper link (iface = the helper, src = the worker's address on it):
-// a macvlan parent cannot reach its own children, the helper can.
+// Query is what [Resolve] asks the LAN, and from where.
+type Query struct {
+	// Iface is the link requests leave from and answers arrive on: the
+	// host helper link (a macvlan parent cannot reach its own children,
+	// the helper can).
+	Iface string
+	// Src is the requests' sender address: the worker's address on the LAN.
+	Src     netip.Addr
+	Targets []netip.Addr
+	// Expect holds, per target, the MAC that should answer for it (a
+	// macvlan decky's derived MAC), and Parent the NIC that Iface sits on.
+	// With both, the first request for such a target is sent to that MAC
+	// alone, and a broadcast for it leaves on Parent. A broadcast sent from
+	// Iface is copied to every macvlan on the parent, each decky's
+	// included: n deckies would cost n*n frames, all handled by the
+	// kernel. The unicast reaches the decky alone; the broadcast on Parent
+	// reaches the LAN beyond the worker (where another machine claiming
+	// the address is) and none of the macvlans. A target still silent
+	// after the first burst is asked by broadcast from Iface, as one
+	// without an expected MAC always is: a decky whose MAC was changed by
+	// hand is then heard with the MAC it has.
+	Expect map[netip.Addr]net.HardwareAddr
+	Parent string
+}
+
+// Resolve asks the LAN which MAC answers ARP for each of q.Targets: the
+// LAN's view of an address, for checking that a decky is seen with its own
+// derived MAC. It needs CAP_NET_RAW.
 //
 // The result holds, per target that answered, every distinct MAC that did,
 // in the order first heard: one entry is the healthy case; two or more mean
 // another machine claims the address too. Targets that did not answer are
-// absent. It needs CAP_NET_RAW.
+// absent. A second claimant that is itself a macvlan on the worker's own
+// NIC is heard only when the target's first request was a broadcast from
+// Iface (no expected MAC, or the target was silent); the Engine, not the
+// LAN, knows the worker's own containers.
 //
 // A round in which every target has answered ends a settle time after the
 // last of them first did, before the next burst: three times as long as
@@ -120,25 +147,34 @@ func Probe(ctx context.Context, iface string, addrs []netip.Addr, opt ProbeOptio
 // This is what keeps a check of hundreds of healthy deckies to one burst
 // (about a tenth of the full round) in every full pass and every `once`.
 // A round with a target still silent listens to the end, as before.
-func Resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, error) {
-	out, _, err := resolve(ctx, iface, src, targets, opt)
+func Resolve(ctx context.Context, q Query, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, error) {
+	out, _, err := resolve(ctx, q, opt)
 	return out, err
 }
 
 // resolve is Resolve, also returning the number of bursts sent.
-func resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, int, error) {
+func resolve(ctx context.Context, q Query, opt ProbeOptions) (map[netip.Addr][]net.HardwareAddr, int, error) {
 	out := map[netip.Addr][]net.HardwareAddr{}
-	if len(targets) == 0 {
+	if len(q.Targets) == 0 {
 		return out, 0, nil
 	}
-	if !src.Is4() || src.IsUnspecified() {
-		return nil, 0, fmt.Errorf("resolve: sender address %v is not a usable IPv4 address", src)
+	if !q.Src.Is4() || q.Src.IsUnspecified() {
+		return nil, 0, fmt.Errorf("resolve: sender address %v is not a usable IPv4 address", q.Src)
 	}
 	want := map[netip.Addr]bool{}
-	for _, a := range targets {
+	for _, a := range q.Targets {
 		want[a] = true
 	}
-	bursts, err := arpRound(ctx, iface, src, targets, opt, func(mine net.HardwareAddr, p *arp.Packet) bool {
+	var uni *unicast
+	if q.Parent != "" && len(q.Expect) > 0 {
+		w, err := openLANWriter(q.Parent)
+		if err != nil {
+			return nil, 0, fmt.Errorf("resolve: %w", err)
+		}
+		defer w.Close()
+		uni = &unicast{expect: q.Expect, lan: w}
+	}
+	bursts, err := arpRound(ctx, q.Iface, q.Src, q.Targets, opt, uni, func(mine net.HardwareAddr, p *arp.Packet) bool {
 		if !want[p.SenderIP] || p.SenderHardwareAddr.String() == mine.String() {
 			return false
 		}
@@ -154,6 +190,14 @@ func resolve(ctx context.Context, iface string, src netip.Addr, targets []netip.
 		return out, bursts, fmt.Errorf("resolve: %w", err)
 	}
 	return out, bursts, nil
+}
+
+// unicast is how a round's first burst asks targets with an expected MAC:
+// a request to that MAC from the round's link, and a broadcast on the
+// worker's NIC (lan) for the rest of the LAN.
+type unicast struct {
+	expect map[netip.Addr]net.HardwareAddr
+	lan    frameWriter
 }
 
 // settleMin is the shortest wait for a second claimant once every target
@@ -176,9 +220,11 @@ const rcvBuf = 4 << 20
 // all bursts plus opt.Wait, passes. Replies are matched by the caller (by
 // sender address), never by order, so any number of targets can share a
 // round. When seen returns true (the caller has heard all it needs), the
-// round ends a settle time later and sends no further burst. It returns
-// the number of bursts sent.
-func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions, seen func(mine net.HardwareAddr, p *arp.Packet) bool) (int, error) {
+// round ends a settle time later and sends no further burst. With uni,
+// the first burst asks each target with an expected MAC by unicast (and
+// a broadcast on the worker's NIC) instead of a broadcast from iface. It
+// returns the number of bursts sent.
+func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip.Addr, opt ProbeOptions, uni *unicast, seen func(mine net.HardwareAddr, p *arp.Packet) bool) (int, error) {
 	opt = opt.withDefaults()
 	targets = append([]netip.Addr(nil), targets...)
 	sort.Slice(targets, func(i, j int) bool { return targets[i].Less(targets[j]) })
@@ -244,7 +290,18 @@ func arpRound(ctx context.Context, iface string, src netip.Addr, targets []netip
 				mu.Lock()
 				sentAt[a] = time.Now()
 				mu.Unlock()
-				if err := writeFrame(ctx, c, p, sendBy); err != nil {
+				if mac := uni.mac(a); i == 0 && mac != nil {
+					if err := writeFrame(ctx, uni.lan, p, ethernet.Broadcast, sendBy); err != nil {
+						done <- fmt.Errorf("send on the LAN: %w", err)
+						return
+					}
+					if err := writeFrame(ctx, c, p, mac, sendBy); err != nil {
+						done <- fmt.Errorf("send on %s: %w", iface, err)
+						return
+					}
+					continue
+				}
+				if err := writeFrame(ctx, c, p, ethernet.Broadcast, sendBy); err != nil {
 					done <- fmt.Errorf("send on %s: %w", iface, err)
 					return
 				}
@@ -322,19 +379,27 @@ type frameWriter interface {
 	WriteTo(p *arp.Packet, addr net.HardwareAddr) error
 }
 
-// writeFrame sends one request, waiting out a full backlog. A broadcast
-// on a macvlan or ipvlan parent is copied to every sibling endpoint, and
-// each decky holds one: a burst for hundreds of deckies is hundreds of
-// times as many frames for the kernel's per-CPU backlog
+// mac is the MAC target a is asked at by unicast, or nil.
+func (u *unicast) mac(a netip.Addr) net.HardwareAddr {
+	if u == nil {
+		return nil
+	}
+	return u.expect[a]
+}
+
+// writeFrame sends one request to dst, waiting out a full backlog. A
+// broadcast on a macvlan or ipvlan parent is copied to every sibling
+// endpoint, and each decky holds one: a burst for hundreds of deckies is
+// hundreds of times as many frames for the kernel's per-CPU backlog
 // (net.core.netdev_max_backlog, 1000 by default). When it is full the
 // copies that did not fit are dropped and the send fails with ENOBUFS; a
 // healthy decky would then not hear its request, and a check that stopped
 // there would conclude nothing (or, had the error been ignored, call the
 // decky silent). The request is sent again once the backlog has had time
 // to drain, until the round's deadline.
-func writeFrame(ctx context.Context, c frameWriter, p *arp.Packet, deadline time.Time) error {
+func writeFrame(ctx context.Context, c frameWriter, p *arp.Packet, dst net.HardwareAddr, deadline time.Time) error {
 	for backoff := time.Millisecond; ; backoff = min(2*backoff, 16*time.Millisecond) {
-		err := c.WriteTo(p, ethernet.Broadcast)
+		err := c.WriteTo(p, dst)
 		if err == nil || !errors.Is(err, unix.ENOBUFS) || time.Now().Add(backoff).After(deadline) {
 			return err
 		}
@@ -344,6 +409,63 @@ func writeFrame(ctx context.Context, c frameWriter, p *arp.Packet, deadline time
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// lanWriter sends ARP frames on the worker's NIC itself, the macvlan
+// parent: they leave for the LAN, and the kernel hands none of them to
+// the macvlans on that NIC (a macvlan hears its parent's incoming frames,
+// not the ones it sends). It reads nothing: its socket is bound to
+// protocol 0, so the kernel queues no frame for it.
+type lanWriter struct {
+	fd      int
+	ifindex int
+}
+
+func openLANWriter(iface string) (*lanWriter, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", iface, err)
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("ARP needs CAP_NET_RAW: %w", err)
+		}
+		return nil, fmt.Errorf("raw socket on %s: %w", iface, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind raw socket to %s: %w", iface, err)
+	}
+	return &lanWriter{fd: fd, ifindex: ifi.Index}, nil
+}
+
+// WriteTo sends p in an Ethernet frame to dst, from p's sender MAC (the
+// helper's: answers come back to the helper, where the round reads).
+func (w *lanWriter) WriteTo(p *arp.Packet, dst net.HardwareAddr) error {
+	pb, err := p.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	fb, err := (&ethernet.Frame{Destination: dst, Source: p.SenderHardwareAddr, EtherType: ethernet.EtherTypeARP, Payload: pb}).MarshalBinary()
+	if err != nil {
+		return err
+	}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: w.ifindex, Halen: uint8(len(dst))}
+	copy(sa.Addr[:], dst)
+	if err := unix.Sendto(w.fd, fb, 0, sa); err != nil {
+		return os.NewSyscallError("sendto", err)
+	}
+	return nil
+}
+
+func (w *lanWriter) Close() error { return unix.Close(w.fd) }
+
+// htons is v in network byte order, as sockaddr_ll wants it.
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
 }
 
 // tuneSocket makes a burst's answers fit: a large receive buffer

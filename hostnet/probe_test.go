@@ -2,6 +2,7 @@ package hostnet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -103,7 +104,9 @@ func TestProbeCancelledIsNotFree(t *testing.T) {
 // Resolve from the host helper link sees each address with the MAC that
 // answers for it on the LAN, from the worker's own address (the LAN learns
 // the helper as the asker), and reports a second machine claiming the same
-// address.
+// address: asked by broadcast from the helper, and asked by unicast to
+// the expected MACs with a broadcast on the parent, which must hear the
+// LAN just the same (a second claimant included).
 func TestResolveFromHelper(t *testing.T) {
 	l := testlan.New(t, testlan.Options{Busy: 2})
 	name := helperOn(t, l)
@@ -118,40 +121,55 @@ func TestResolveFromHelper(t *testing.T) {
 	l.AddMachine(t, dup, dupMAC)
 	l.AddPeerAddr(t, dup) // the LAN machine claims it too
 	silent := dup.Next().Next()
+	targets := []netip.Addr{l.Peer, l.Busy[0], decky, dup, silent}
 
-	got, err := Resolve(context.Background(), name, l.Host, []netip.Addr{l.Peer, l.Busy[0], decky, dup, silent}, ProbeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	macs := func(a netip.Addr) string {
-		var s []string
-		for _, m := range got[a] {
-			s = append(s, m.String())
-		}
-		return strings.Join(s, " ")
-	}
-	for a, want := range map[netip.Addr]string{l.Peer: peerMAC.String(), l.Busy[0]: peerMAC.String(), decky: deckyMAC.String()} {
-		if macs(a) != want {
-			t.Errorf("%s resolved to [%s], want %s", a, macs(a), want)
-		}
-	}
-	if d := macs(dup); len(got[dup]) != 2 || !strings.Contains(d, dupMAC.String()) || !strings.Contains(d, peerMAC.String()) {
-		t.Errorf("%s is claimed by two machines; resolved to [%s]", dup, d)
-	}
-	if _, ok := got[silent]; ok {
-		t.Errorf("%s answered nobody, resolved to [%s]", silent, macs(silent))
-	}
-	// The requests came from the helper: the decky's side learnt the
-	// worker's address at the helper's MAC.
-	out, err := exec.Command("ip", "-n", l.NS, "neigh", "show", l.Host.String()).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip neigh: %v %s", err, out)
-	}
-	if !strings.Contains(string(out), helper.HardwareAddr.String()) {
-		t.Errorf("the LAN did not see the helper (%s) asking: %s", helper.HardwareAddr, out)
+	for _, tc := range []struct {
+		name string
+		q    Query
+	}{
+		{"broadcast from the helper", Query{Iface: name, Src: l.Host, Targets: targets}},
+		{"unicast to the expected MACs, broadcast on the parent", Query{Iface: name, Src: l.Host, Targets: targets, Parent: l.Parent,
+			Expect: map[netip.Addr]net.HardwareAddr{l.Peer: peerMAC, l.Busy[0]: peerMAC, decky: deckyMAC, dup: dupMAC, silent: {0x02, 0x11, 0x22, 0x33, 0x44, 0x77}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := exec.Command("ip", "-n", l.NS, "neigh", "flush", "all").Run(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Resolve(context.Background(), tc.q, ProbeOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			macs := func(a netip.Addr) string {
+				var s []string
+				for _, m := range got[a] {
+					s = append(s, m.String())
+				}
+				return strings.Join(s, " ")
+			}
+			for a, want := range map[netip.Addr]string{l.Peer: peerMAC.String(), l.Busy[0]: peerMAC.String(), decky: deckyMAC.String()} {
+				if macs(a) != want {
+					t.Errorf("%s resolved to [%s], want %s", a, macs(a), want)
+				}
+			}
+			if d := macs(dup); len(got[dup]) != 2 || !strings.Contains(d, dupMAC.String()) || !strings.Contains(d, peerMAC.String()) {
+				t.Errorf("%s is claimed by two machines; resolved to [%s]", dup, d)
+			}
+			if _, ok := got[silent]; ok {
+				t.Errorf("%s answered nobody, resolved to [%s]", silent, macs(silent))
+			}
+			// The requests came from the helper: the decky's side learnt the
+			// worker's address at the helper's MAC.
+			out, err := exec.Command("ip", "-n", l.NS, "neigh", "show", l.Host.String()).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ip neigh: %v %s", err, out)
+			}
+			if !strings.Contains(string(out), helper.HardwareAddr.String()) {
+				t.Errorf("the LAN did not see the helper (%s) asking: %s", helper.HardwareAddr, out)
+			}
+		})
 	}
 
-	if _, err := Resolve(context.Background(), name, netip.Addr{}, []netip.Addr{decky}, ProbeOptions{}); err == nil {
+	if _, err := Resolve(context.Background(), Query{Iface: name, Targets: []netip.Addr{decky}}, ProbeOptions{}); err == nil {
 		t.Error("Resolve without a sender address must fail")
 	}
 }
@@ -172,7 +190,7 @@ func TestResolveStopsWhenEveryTargetAnswered(t *testing.T) {
 	// Bursts a second apart: a round that did not stop early sends 3.
 	opt := ProbeOptions{Probes: 3, Interval: time.Second, Wait: 200 * time.Millisecond}
 
-	got, bursts, err := resolve(context.Background(), name, l.Host, []netip.Addr{l.Peer, decky, dup}, opt)
+	got, bursts, err := resolve(context.Background(), Query{Iface: name, Src: l.Host, Targets: []netip.Addr{l.Peer, decky, dup}}, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +204,7 @@ func TestResolveStopsWhenEveryTargetAnswered(t *testing.T) {
 		t.Errorf("%s is claimed by two machines; an early end heard %v", dup, got[dup])
 	}
 
-	got, bursts, err = resolve(context.Background(), name, l.Host, []netip.Addr{decky, silent}, opt)
+	got, bursts, err = resolve(context.Background(), Query{Iface: name, Src: l.Host, Targets: []netip.Addr{decky, silent}}, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,40 +234,95 @@ func TestSettle(t *testing.T) {
 }
 
 // TestResolveManyDeckiesOnTheParent checks hundreds of deckies from the
-// helper link, as a full pass on a big worker does. Each broadcast request
-// is copied to every macvlan on the parent, so one burst is hundreds of
-// times as many frames as requests for the kernel's backlog: when it
-// fills, the send fails with ENOBUFS and copies are dropped. Round after
-// round every decky must still be heard, with its own MAC alone, and no
-// round may fail. Whether the backlog fills here depends on the machine's
-// load (it did on a loaded worker with 250 Docker deckies, two rounds in
-// three); TestWriteFrameWaitsOutAFullBacklog forces it.
+// helper link, as a full pass on a big worker does, both ways a round can
+// ask. By broadcast (an ipvlan network, or a target silent so far) each
+// request is copied to every macvlan on the parent, so one burst is
+// hundreds of times as many frames as requests for the kernel's backlog:
+// when it fills, the send fails with ENOBUFS and copies are dropped.
+// Round after round every decky must still be heard, with its own MAC
+// alone, and no round may fail. Whether the backlog fills here depends on
+// the machine's load (it did on a loaded worker with 250 Docker deckies,
+// two rounds in three); TestWriteFrameWaitsOutAFullBacklog forces it.
+// By unicast to the expected MACs (a macvlan network) each decky gets
+// its own request and the others nothing: the deckies' links count the
+// frames they received. One decky's MAC was changed by hand: its unicast
+// finds nobody, and the later broadcast hears it with the MAC it has.
 func TestResolveManyDeckiesOnTheParent(t *testing.T) {
 	l := testlan.New(t, testlan.Options{Bits: 24})
 	name := helperOn(t, l)
-	deckies := l.AddSiblings(t, l.Peer.Next(), 240)
+	const n = 240
+	deckies := l.AddSiblings(t, l.Peer.Next(), n)
 	targets := make([]netip.Addr, 0, len(deckies))
-	for a := range deckies {
+	expect := map[netip.Addr]net.HardwareAddr{}
+	for a, mac := range deckies {
 		targets = append(targets, a)
+		expect[a] = mac
 	}
-	for round := 1; round <= 5; round++ {
-		got, err := Resolve(context.Background(), name, l.Host, targets, ProbeOptions{})
-		if err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
-		wrong := 0
-		for a, mac := range deckies {
-			if len(got[a]) != 1 || got[a][0].String() != mac.String() {
-				wrong++
-				if wrong <= 3 {
-					t.Errorf("round %d: %s resolved to %v, want %s alone", round, a, got[a], mac)
+	changed := l.Peer.Next()
+	expect[changed] = net.HardwareAddr{0x02, 0x5e, 0xff, 0xff, 0xff, 0xff} // what the agent derived; the decky now has another
+	for _, tc := range []struct {
+		name string
+		q    Query
+		// most is how many frames the deckies may receive in all per round.
+		most int
+	}{
+		{"broadcast from the helper", Query{Iface: name, Src: l.Host, Targets: targets}, 0},
+		{"unicast to the expected MACs", Query{Iface: name, Src: l.Host, Targets: targets, Expect: expect, Parent: l.Parent}, 3 * n},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := 1; round <= 5; round++ {
+				before := siblingRxFrames(t, l.NS+"s")
+				got, err := Resolve(context.Background(), tc.q, ProbeOptions{})
+				if err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+				received := siblingRxFrames(t, l.NS+"s") - before
+				wrong := 0
+				for a, mac := range deckies {
+					if len(got[a]) != 1 || got[a][0].String() != mac.String() {
+						wrong++
+						if wrong <= 3 {
+							t.Errorf("round %d: %s resolved to %v, want %s alone", round, a, got[a], mac)
+						}
+					}
+				}
+				if wrong > 0 {
+					t.Fatalf("round %d: %d of %d deckies not heard as themselves", round, wrong, len(deckies))
+				}
+				if tc.most > 0 && received > tc.most {
+					t.Errorf("round %d: the %d deckies received %d frames, want at most %d (a broadcast to each is %d)", round, n, received, tc.most, n*n)
 				}
 			}
-		}
-		if wrong > 0 {
-			t.Fatalf("round %d: %d of %d deckies not heard as themselves", round, wrong, len(deckies))
+		})
+	}
+}
+
+// siblingRxFrames is the number of frames received by every link in
+// namespace ns (the deckies testlan.AddSiblings made).
+func siblingRxFrames(t *testing.T, ns string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "-s", "-j", "link", "show").Output()
+	if err != nil {
+		t.Fatalf("ip -n %s -s link: %v", ns, err)
+	}
+	var links []struct {
+		Ifname string `json:"ifname"`
+		Stats  struct {
+			RX struct {
+				Packets int `json:"packets"`
+			} `json:"rx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil {
+		t.Fatalf("ip -j: %v", err)
+	}
+	sum := 0
+	for _, l := range links {
+		if l.Ifname != "lo" {
+			sum += l.Stats.RX.Packets
 		}
 	}
+	return sum
 }
 
 // enobufs fails its first n writes as a full kernel backlog does.
@@ -272,19 +345,19 @@ func TestWriteFrameWaitsOutAFullBacklog(t *testing.T) {
 	}
 	ctx := context.Background()
 	w := &enobufs{n: 3}
-	if err := writeFrame(ctx, w, p, time.Now().Add(time.Minute)); err != nil || w.writes != 4 {
+	if err := writeFrame(ctx, w, p, ethernet.Broadcast, time.Now().Add(time.Minute)); err != nil || w.writes != 4 {
 		t.Errorf("three ENOBUFS then room: err %v after %d writes, want nil after 4", err, w.writes)
 	}
 	w = &enobufs{n: 1 << 30}
-	if err := writeFrame(ctx, w, p, time.Now().Add(50*time.Millisecond)); !errors.Is(err, unix.ENOBUFS) {
+	if err := writeFrame(ctx, w, p, ethernet.Broadcast, time.Now().Add(50*time.Millisecond)); !errors.Is(err, unix.ENOBUFS) {
 		t.Errorf("a backlog full to the deadline: err %v, want ENOBUFS", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := writeFrame(cctx, &enobufs{n: 1 << 30}, p, time.Now().Add(time.Minute)); !errors.Is(err, context.Canceled) {
+	if err := writeFrame(cctx, &enobufs{n: 1 << 30}, p, ethernet.Broadcast, time.Now().Add(time.Minute)); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled while waiting: err %v, want context.Canceled", err)
 	}
-	if err := writeFrame(ctx, failing{}, p, time.Now().Add(time.Minute)); !errors.Is(err, unix.ENETDOWN) {
+	if err := writeFrame(ctx, failing{}, p, ethernet.Broadcast, time.Now().Add(time.Minute)); !errors.Is(err, unix.ENETDOWN) {
 		t.Errorf("another send error: err %v, want it returned at once", err)
 	}
 }

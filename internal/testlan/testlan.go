@@ -219,6 +219,11 @@ func (l *LAN) AddSiblings(t testing.TB, first netip.Addr, n int) map[netip.Addr]
 	run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
+	// No IPv6 on them: each link's address autoconfiguration and
+	// multicast reports would be copied to every other (n*n frames) while
+	// a test counts the frames an ARP round costs them.
+	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
 	out := make(map[netip.Addr]net.HardwareAddr, n)
 	var root, inNS strings.Builder
 	a := first
