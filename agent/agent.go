@@ -113,6 +113,8 @@ type Agent struct {
 	suspended  bool   // the last pass stopped because the agent is suspended
 	// warnedNoCheck: the missing LAN check (no helper link) was logged.
 	warnedNoCheck bool
+	// warnedNoKnock: that the identity check dials (no raw socket) was logged.
+	warnedNoKnock bool
 	// reportedDrift holds, per decky, the drift last reported that the
 	// agent does not repair (another machine on its address): reported
 	// once while it lasts.
@@ -250,7 +252,7 @@ func (a *Agent) run(ctx context.Context, p *pass) error {
 		if a.log.Enabled(ctx, slog.LevelDebug) && len(p.res.Steps) > 0 {
 			attrs := make([]any, 0, len(p.res.Steps))
 			for _, s := range p.res.Steps {
-				attrs = append(attrs, slog.Float64(s.Step+"_ms", float64(s.Took.Microseconds())/1000))
+				attrs = append(attrs, slog.Float64(s.Step+"_ms", ms(s.Took)))
 			}
 			a.log.DebugContext(ctx, "pass steps", attrs...)
 		}
@@ -386,3 +388,6 @@ func verifiedName(signer string) string {
 	}
 	return signer
 }
+
+// ms is d in milliseconds with microseconds kept, for logs.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -64,10 +64,28 @@ func (h HostLAN) ForgetNeighbours(link string, ips []netip.Addr) error {
 	return errors.Join(errs...)
 }
 
+// PortKnocker is an optional role of a [LAN]: a half-open TCP prober
+// whose SYNs leave from iface with sender address src (hostnet.Knocker).
+// With it the identity check knocks at declared ports instead of dialing
+// them: the decoys' services are not woken, nor log the check as a visit.
+type PortKnocker interface {
+	OpenKnocker(iface string, src netip.Addr) (*hostnet.Knocker, error)
+}
+
+// OpenKnocker implements [PortKnocker] with hostnet.OpenKnocker.
+func (HostLAN) OpenKnocker(iface string, src netip.Addr) (*hostnet.Knocker, error) {
+	return hostnet.OpenKnocker(iface, src)
+}
+
 var (
 	_ ARPResolver        = HostLAN{}
 	_ NeighbourForgetter = HostLAN{}
+	_ PortKnocker        = HostLAN{}
 )
+
+// knockResend is how often a knock sends its SYN again while nothing
+// answers (a lost frame on a busy LAN), within each attempt's deadline.
+const knockResend = 500 * time.Millisecond
 
 // helperLink is the host helper link's name, or "" when there is none
 // (disabled, or the worker has no address on the decoy LAN).
@@ -186,6 +204,7 @@ func identity(ctx context.Context, p *pass) error {
 		return nil
 	}
 	in := apply.IdentityInput{Deckies: ids, Ports: pc}
+	var arpTime time.Duration // how long the ARP round took, for the debug log
 	if link := p.helperLink(); link != "" {
 		// The helper link reaches running deckies only through its /32
 		// routes: without them every decky would look drifted.
@@ -193,8 +212,23 @@ func identity(ctx context.Context, p *pass) error {
 			p.log.WarnContext(ctx, "identity drift check skipped: the host helper link is not ready")
 			return nil
 		}
+		src := p.lan.HostAddrs[0]
+		if kn, ok := a.d.LAN.(PortKnocker); ok {
+			if dc, ok := pc.(apply.DialChecker); ok {
+				k, err := kn.OpenKnocker(link, src)
+				if err != nil {
+					if !a.warnedNoKnock {
+						a.warnedNoKnock = true
+						p.log.WarnContext(ctx, "the identity check dials the deckies' ports (their services see each check): cannot knock", "err", err)
+					}
+				} else {
+					defer k.Close()
+					dc.Knock = func(ctx context.Context, addr netip.AddrPort) error { return k.Knock(ctx, addr, knockResend) }
+					in.Ports = dc
+				}
+			}
+		}
 		if r, ok := a.d.LAN.(ARPResolver); ok {
-			src := p.lan.HostAddrs[0]
 			// Each macvlan decky is asked at its own MAC, and the rest of
 			// the LAN by a broadcast on the NIC: a broadcast from the
 			// helper would be copied to every decky on the worker.
@@ -205,6 +239,8 @@ func identity(ctx context.Context, p *pass) error {
 				}
 			}
 			in.Resolver = apply.ResolverFunc(func(ctx context.Context, targets []netip.Addr) (map[netip.Addr][]net.HardwareAddr, error) {
+				t0 := time.Now()
+				defer func() { arpTime = time.Since(t0) }()
 				return r.Resolve(ctx, hostnet.Query{Iface: link, Src: src, Targets: targets, Expect: expect, Parent: p.lan.Interface})
 			})
 		}
@@ -213,7 +249,9 @@ func identity(ctx context.Context, p *pass) error {
 	// dials of all deckies run within it, with room to spare.
 	cctx, cancel := context.WithTimeout(ctx, a.cfg.LANCheckTimeout+30*time.Second)
 	defer cancel()
+	t0 := time.Now()
 	drifts, err := apply.CheckIdentity(cctx, in)
+	p.log.DebugContext(ctx, "identity check", "deckies", len(ids), "drifts", len(drifts), "arp_ms", ms(arpTime), "ports_ms", ms(time.Since(t0)-arpTime))
 	if err != nil {
 		p.log.WarnContext(ctx, "identity drift check incomplete", "err", err)
 	}

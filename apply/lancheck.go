@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	stdsync "sync"
 	"syscall"
@@ -48,6 +47,11 @@ type DialChecker struct {
 	// leave through it; "" follows the routing table (the helper link's
 	// /32 route to the decky).
 	Device string
+	// Knock, when set, checks each attempt at a port instead of a dial: a
+	// half-open handshake (hostnet.Knocker) that the decoy's service never
+	// sees. It returns nil when the port accepts connections and an error
+	// wrapping ECONNREFUSED when it refuses them.
+	Knock func(ctx context.Context, addr netip.AddrPort) error
 }
 
 // ErrPortClosed classifies a LAN check failure ([PortsClosedError]).
@@ -135,12 +139,11 @@ func (c DialChecker) CheckPorts(ctx context.Context, ip netip.Addr, ports []desi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			addr := net.JoinHostPort(ip.String(), strconv.Itoa(int(p.Number)))
+			addr := netip.AddrPortFrom(ip, p.Number)
 			var last error // the last answer before the deadline: "connection refused" says more than the deadline
 			for {
-				conn, err := d.DialContext(ctx, "tcp", addr)
+				err := c.try(ctx, d, addr)
 				if err == nil {
-					conn.Close()
 					return
 				}
 				if ctx.Err() == nil || last == nil {
@@ -168,6 +171,20 @@ func (c DialChecker) CheckPorts(ctx context.Context, ip netip.Addr, ports []desi
 		}
 	}
 	return e
+}
+
+// try is one attempt at a port: a knock, or a dial closed at once.
+func (c DialChecker) try(ctx context.Context, d net.Dialer, addr netip.AddrPort) error {
+	if c.Knock != nil {
+		ctx, cancel := context.WithTimeout(ctx, d.Timeout)
+		defer cancel()
+		return c.Knock(ctx, addr)
+	}
+	conn, err := d.DialContext(ctx, "tcp", addr.String())
+	if err == nil {
+		conn.Close()
+	}
+	return err
 }
 
 // checkLAN runs the LAN check of a steady decky: each service with the

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"syscall"
 	stdsync "sync"
 	"testing"
 	"time"
@@ -216,5 +217,44 @@ func TestDialCheckerRetriesUntilTheServiceListens(t *testing.T) {
 	}()
 	if err := <-done; err != nil {
 		t.Errorf("check failed although the port opened within the deadline: %v", err)
+	}
+}
+
+// With Knock set, each attempt is a knock, never a dial: a port the
+// knock finds open passes, one refused until the deadline is named with
+// the refusal, one that opens after a few refusals passes.
+func TestDialCheckerKnocks(t *testing.T) {
+	ip := netip.MustParseAddr("198.51.100.9") // never dialed: nothing is listening anywhere
+	var (
+		mu    stdsync.Mutex
+		tries = map[uint16]int{}
+	)
+	chk := DialChecker{Timeout: 2 * time.Second, Interval: 5 * time.Millisecond,
+		Knock: func(ctx context.Context, a netip.AddrPort) error {
+			if a.Addr() != ip {
+				t.Errorf("knocked at %s, want %s", a, ip)
+			}
+			if _, ok := ctx.Deadline(); !ok {
+				t.Error("a knock without a deadline")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			tries[a.Port()]++
+			switch {
+			case a.Port() == 22, a.Port() == 8080 && tries[8080] > 3:
+				return nil
+			}
+			return fmt.Errorf("knock %s: %w", a, syscall.ECONNREFUSED)
+		}}
+	err := chk.CheckPorts(t.Context(), ip, []desired.Port{tcp(22), tcp(23), tcp(8080), udp(53)})
+	var pc *PortsClosedError
+	if !errors.As(err, &pc) || len(pc.Ports) != 1 || pc.Ports[0] != tcp(23) {
+		t.Fatalf("err = %v, want only 23/tcp closed", err)
+	}
+	if !strings.Contains(err.Error(), "23/tcp (connection refused)") {
+		t.Errorf("error %q does not name the refusal", err)
+	}
+	if tries[22] != 1 || tries[8080] != 4 || tries[53] != 0 {
+		t.Errorf("knocks per port %v, want 22 once, 8080 until it opened (4), 53/udp never", tries)
 	}
 }

@@ -79,6 +79,9 @@ func TestEndToEndIdentityDrift(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("the repairing pass exited %d:\n%s", code, out)
 	}
+	if strings.Contains(out, "cannot knock") {
+		t.Errorf("the identity check dialed instead of knocking (half-open, unseen by the decoys):\n%s", out)
+	}
 	for _, want := range []struct{ decky, what string }{
 		{"mac", "mac " + wrongMAC + " answers for " + ip["mac"].String() + ", want " + relocalize.MAC(w.host, w.name("mac"))},
 		{"addr", "address " + ip["addr"].String() + " does not answer ARP"},
