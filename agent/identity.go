@@ -171,6 +171,31 @@ func (p *pass) portChecker(ctx context.Context) apply.PortChecker {
 	return apply.DialChecker{Timeout: a.cfg.LANCheckTimeout, Device: link}
 }
 
+// knocking returns pc knocking at ports instead of dialing them when pc
+// is the helper link's DialChecker and the LAN can knock (PortKnocker),
+// and a function that closes the knocker; else pc as it is. Knocks are
+// half-open handshakes: the decoys' services are not woken by the checks
+// and do not log them as visits. Without a knocker (no CAP_NET_RAW) the
+// checks dial, as warned once.
+func (p *pass) knocking(ctx context.Context, pc apply.PortChecker) (apply.PortChecker, func()) {
+	a := p.a
+	kn, ok := a.d.LAN.(PortKnocker)
+	dc, isDial := pc.(apply.DialChecker)
+	if !ok || !isDial || dc.Device == "" || len(p.lan.HostAddrs) == 0 {
+		return pc, func() {}
+	}
+	k, err := kn.OpenKnocker(dc.Device, p.lan.HostAddrs[0])
+	if err != nil {
+		if !a.warnedNoKnock {
+			a.warnedNoKnock = true
+			p.log.WarnContext(ctx, "LAN checks dial the deckies' ports (their services see each check): cannot knock", "err", err)
+		}
+		return pc, func() {}
+	}
+	dc.Knock = func(ctx context.Context, addr netip.AddrPort) error { return k.Knock(ctx, addr, knockResend) }
+	return dc, func() { _ = k.Close() }
+}
+
 // identity checks, on a full pass, each decky running exactly as desired
 // the way the LAN sees it (apply.CheckIdentity): its address answers ARP
 // from the helper link with its own MAC, and its declared ports accept a
@@ -213,21 +238,9 @@ func identity(ctx context.Context, p *pass) error {
 			return nil
 		}
 		src := p.lan.HostAddrs[0]
-		if kn, ok := a.d.LAN.(PortKnocker); ok {
-			if dc, ok := pc.(apply.DialChecker); ok {
-				k, err := kn.OpenKnocker(link, src)
-				if err != nil {
-					if !a.warnedNoKnock {
-						a.warnedNoKnock = true
-						p.log.WarnContext(ctx, "the identity check dials the deckies' ports (their services see each check): cannot knock", "err", err)
-					}
-				} else {
-					defer k.Close()
-					dc.Knock = func(ctx context.Context, addr netip.AddrPort) error { return k.Knock(ctx, addr, knockResend) }
-					in.Ports = dc
-				}
-			}
-		}
+		var done func()
+		in.Ports, done = p.knocking(ctx, pc)
+		defer done()
 		if r, ok := a.d.LAN.(ARPResolver); ok {
 			// Each macvlan decky is asked at its own MAC, and the rest of
 			// the LAN by a broadcast on the NIC: a broadcast from the

@@ -330,9 +330,11 @@ func applyStep(ctx context.Context, p *pass) error {
 	var at cancelTime
 	stop := context.AfterFunc(ctx, func() { at.set(a.now()); acancel() })
 	defer stop()
+	lc, done := p.knocking(ctx, p.lanCheck(ctx))
+	defer done()
 	applier := apply.NewApplier(a.d.Engine, p.fleet.Defaults.ComposeProject, a.cfg.StateDir, p.net, apply.Options{
 		Parallel: a.cfg.Parallel, Steady: a.cfg.Steady, ContextDir: a.ContextDir(), AllowPull: a.cfg.AllowPull,
-		LANCheck: p.lanCheck(ctx),
+		LANCheck: lc,
 	}, p.log)
 	p.res.Results = applier.Apply(actx, p.res.Changes, p.rev.Tree)
 	p.cancelAt = at.get()

@@ -18,11 +18,14 @@
 // A decky with a known MAC is asked at that MAC alone, and the rest of the
 // LAN by a broadcast sent on the worker's NIC, so a check of n macvlan
 // deckies costs about 2n frames, not the n*n of broadcasts from the helper.
-// [Detector.EnsureHelper] keeps that helper link.
+// [Knocker] checks a decky's declared TCP ports by half-open handshakes
+// from the helper link: the decoy's service is never woken and never
+// sees a connection. [Detector.EnsureHelper] keeps that helper link.
 //
 // # Boundaries
 //
-// hostnet reads kernel state and sends ARP on the decoy LAN; the only
+// hostnet reads kernel state and sends ARP and TCP SYNs on the decoy LAN
+// (SYNs only to the addresses it is given); the only
 // link and routes it creates are the helper's. It does not create Docker
 // networks and must not import Docker, apply or report. The pure
 // address allocation it feeds lives in package relocalize.
