@@ -113,7 +113,7 @@ type Agent struct {
 	suspended  bool   // the last pass stopped because the agent is suspended
 	// warnedNoCheck: the missing LAN check (no helper link) was logged.
 	warnedNoCheck bool
-	// warnedNoKnock: that the identity check dials (no raw socket) was logged.
+	// warnedNoKnock: that LAN checks dial (no raw socket to knock) was logged.
 	warnedNoKnock bool
 	// reportedDrift holds, per decky, the drift last reported that the
 	// agent does not repair (another machine on its address): reported

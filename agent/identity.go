@@ -66,8 +66,9 @@ func (h HostLAN) ForgetNeighbours(link string, ips []netip.Addr) error {
 
 // PortKnocker is an optional role of a [LAN]: a half-open TCP prober
 // whose SYNs leave from iface with sender address src (hostnet.Knocker).
-// With it the identity check knocks at declared ports instead of dialing
-// them: the decoys' services are not woken, nor log the check as a visit.
+// With it the LAN checks (after an apply, and the identity check) knock
+// at declared ports instead of dialing them: the decoys' services are not
+// woken, nor log the checks as visits.
 type PortKnocker interface {
 	OpenKnocker(iface string, src netip.Addr) (*hostnet.Knocker, error)
 }
@@ -198,8 +199,8 @@ func (p *pass) knocking(ctx context.Context, pc apply.PortChecker) (apply.PortCh
 
 // identity checks, on a full pass, each decky running exactly as desired
 // the way the LAN sees it (apply.CheckIdentity): its address answers ARP
-// from the helper link with its own MAC, and its declared ports accept a
-// connection. Each drift is a lifecycle event (OpDrift, failed, what
+// from the helper link with its own MAC, and its declared ports accept
+// connections (a knock: pass.knocking). Each drift is a lifecycle event (OpDrift, failed, what
 // differed). A drift the decky can be put right from is repaired in this
 // same pass: the change set is planned again with it marked drifted, so
 // the decky is recreated (a repair event follows). Another machine
