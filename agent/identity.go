@@ -200,8 +200,8 @@ func (p *pass) knocking(ctx context.Context, pc apply.PortChecker) (apply.PortCh
 // identity checks, on a full pass, each decky running exactly as desired
 // the way the LAN sees it (apply.CheckIdentity): its address answers ARP
 // from the helper link with its own MAC, and its declared ports accept
-// connections (a knock: pass.knocking). Each drift is a lifecycle event (OpDrift, failed, what
-// differed). A drift the decky can be put right from is repaired in this
+// connections (knocked at: pass.knocking). Each drift is a lifecycle
+// event (OpDrift, failed, what differed). A drift the decky can be put right from is repaired in this
 // same pass: the change set is planned again with it marked drifted, so
 // the decky is recreated (a repair event follows). Another machine
 // answering for the address is reported only, once while it lasts.
