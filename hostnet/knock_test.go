@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
+	"runtime"
 	stdsync "sync"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/decnet/pull-agent/internal/testlan"
@@ -161,4 +165,92 @@ func TestSynSegmentAndAnswers(t *testing.T) {
 			t.Errorf("%s: %+v %v, want ok %v open %v", tc.name, a, ok, tc.ok, tc.open)
 		}
 	}
+}
+
+// TestKnockFromTheHelper knocks as the agent does: from the host helper
+// link, at a decky on the worker's own NIC (a sibling of the helper in a
+// namespace of its own), reached through the helper's /32 route. Only
+// macvlan: these kernels have no ipvlan link type (test-environment.md),
+// where the knock takes the path the dial it replaces took.
+func TestKnockFromTheHelper(t *testing.T) {
+	l := testlan.New(t, testlan.Options{})
+	decky := l.Peer.Next().Next()
+	ns := l.NS + "d"
+	dev := "pd" + testlan.Suffix()
+	for _, args := range [][]string{
+		{"netns", "add", ns},
+		{"link", "add", dev, "link", l.Parent, "type", "macvlan", "mode", "bridge"},
+		{"link", "set", dev, "netns", ns},
+		{"-n", ns, "addr", "add", fmt.Sprintf("%s/%d", decky, l.Subnet.Bits()), "dev", dev},
+		{"-n", ns, "link", "set", dev, "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		if args[0] == "netns" {
+			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	var ln net.Listener
+	if err := inNamedNS(ns, func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(decky, 0).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	open := netip.MustParseAddrPort(ln.Addr().String())
+
+	d, err := NewDetector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	name := "hl" + testlan.Suffix()
+	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
+	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Deckies: []netip.Addr{decky}, Owner: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := OpenKnocker(name, l.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := k.Knock(ctx, open, 200*time.Millisecond); err != nil {
+		t.Errorf("open port %s through %s: %v", open, name, err)
+	}
+	closed := netip.AddrPortFrom(decky, open.Port()+1)
+	if err := k.Knock(ctx, closed, 200*time.Millisecond); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("closed port %s through %s: %v, want connection refused", closed, name, err)
+	}
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if c, err := ln.Accept(); err == nil {
+		c.Close()
+		t.Errorf("the decky accepted a connection from the knock")
+	}
+}
+
+// inNamedNS runs fn with the calling goroutine's OS thread in network
+// namespace ns; sockets made in fn stay there.
+func inNamedNS(ns string, fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	defer netns.Set(orig) //nolint:errcheck // best effort; the thread is locked
+	return fn()
 }
