@@ -9,8 +9,8 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
-	"syscall"
 	stdsync "sync"
+	"syscall"
 	"testing"
 	"time"
 
