@@ -74,9 +74,7 @@ func OpenKnocker(iface string, src netip.Addr) (*Knocker, error) {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		serr = unix.BindToDevice(int(fd), iface)
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
-		}
+		setRcvBuf(int(fd))
 	}); err != nil || serr != nil {
 		conn.Close()
 		return nil, fmt.Errorf("knock: bind to %s: %w", iface, errors.Join(err, serr))
@@ -160,20 +158,14 @@ func (k *Knocker) unregister(key knockKey) {
 	k.mu.Unlock()
 }
 
-// send writes one SYN, waiting out a full queue (ENOBUFS) as writeFrame
-// does for ARP.
+// send writes one SYN, waiting out a full queue (ENOBUFS) until ctx's
+// deadline, as an ARP request does.
 func (k *Knocker) send(ctx context.Context, syn []byte, dst netip.Addr) error {
-	for backoff := time.Millisecond; ; backoff = min(2*backoff, 16*time.Millisecond) {
+	deadline, _ := ctx.Deadline()
+	return waitOutBacklog(ctx, deadline, func() error {
 		_, err := k.conn.WriteToIP(syn, &net.IPAddr{IP: dst.AsSlice()})
-		if err == nil || !errors.Is(err, unix.ENOBUFS) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-	}
+		return err
+	})
 }
 
 // read hands each answer to the knock it answers, until the socket closes.

@@ -398,9 +398,17 @@ func (u *unicast) mac(a netip.Addr) net.HardwareAddr {
 // decky silent). The request is sent again once the backlog has had time
 // to drain, until the round's deadline.
 func writeFrame(ctx context.Context, c frameWriter, p *arp.Packet, dst net.HardwareAddr, deadline time.Time) error {
+	return waitOutBacklog(ctx, deadline, func() error { return c.WriteTo(p, dst) })
+}
+
+// waitOutBacklog calls write until it succeeds or fails for another
+// reason than a full kernel queue (ENOBUFS), backing off 1 to 16 ms
+// between tries, until deadline (none when zero) or ctx ends. Every send
+// of a burst (ARP requests, knocks' SYNs) goes through it.
+func waitOutBacklog(ctx context.Context, deadline time.Time, write func() error) error {
 	for backoff := time.Millisecond; ; backoff = min(2*backoff, 16*time.Millisecond) {
-		err := c.WriteTo(p, dst)
-		if err == nil || !errors.Is(err, unix.ENOBUFS) || time.Now().Add(backoff).After(deadline) {
+		err := write()
+		if err == nil || !errors.Is(err, unix.ENOBUFS) || !deadline.IsZero() && time.Now().Add(backoff).After(deadline) {
 			return err
 		}
 		select {
@@ -479,9 +487,15 @@ func tuneSocket(conn *packet.Conn) {
 		return
 	}
 	_ = rc.Control(func(fd uintptr) {
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
-		}
+		setRcvBuf(int(fd))
 		_ = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
 	})
+}
+
+// setRcvBuf asks for a receive buffer of rcvBuf bytes: SO_RCVBUFFORCE
+// (CAP_NET_ADMIN), else as much of it as SO_RCVBUF allows. Best effort.
+func setRcvBuf(fd int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+	}
 }
