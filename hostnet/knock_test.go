@@ -4,16 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
-	"runtime"
 	stdsync "sync"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/decnet/pull-agent/internal/testlan"
@@ -175,25 +171,9 @@ func TestSynSegmentAndAnswers(t *testing.T) {
 func TestKnockFromTheHelper(t *testing.T) {
 	l := testlan.New(t, testlan.Options{})
 	decky := l.Peer.Next().Next()
-	ns := l.NS + "d"
-	dev := "pd" + testlan.Suffix()
-	for _, args := range [][]string{
-		{"netns", "add", ns},
-		{"link", "add", dev, "link", l.Parent, "type", "macvlan", "mode", "bridge"},
-		{"link", "set", dev, "netns", ns},
-		{"-n", ns, "addr", "add", fmt.Sprintf("%s/%d", decky, l.Subnet.Bits()), "dev", dev},
-		{"-n", ns, "link", "set", dev, "up"},
-		{"-n", ns, "link", "set", "lo", "up"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v %s", args, err, out)
-		}
-		if args[0] == "netns" {
-			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-		}
-	}
+	l.AddSiblings(t, decky, 1)
 	var ln net.Listener
-	if err := inNamedNS(ns, func() (err error) {
+	if err := testlan.InNamedNS(l.SiblingNS(), func() (err error) {
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(decky, 0).String())
 		return err
 	}); err != nil {
@@ -202,16 +182,7 @@ func TestKnockFromTheHelper(t *testing.T) {
 	defer ln.Close()
 	open := netip.MustParseAddrPort(ln.Addr().String())
 
-	d, err := NewDetector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	name := "hl" + testlan.Suffix()
-	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
-	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Deckies: []netip.Addr{decky}, Owner: "w"}); err != nil {
-		t.Fatal(err)
-	}
+	name := helperOn(t, l, decky)
 	k, err := OpenKnocker(name, l.Host)
 	if err != nil {
 		t.Fatal(err)
@@ -231,26 +202,4 @@ func TestKnockFromTheHelper(t *testing.T) {
 		c.Close()
 		t.Errorf("the decky accepted a connection from the knock")
 	}
-}
-
-// inNamedNS runs fn with the calling goroutine's OS thread in network
-// namespace ns; sockets made in fn stay there.
-func inNamedNS(ns string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return err
-	}
-	defer netns.Set(orig) //nolint:errcheck // best effort; the thread is locked
-	return fn()
 }

@@ -271,12 +271,12 @@ func TestResolveManyDeckiesOnTheParent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for round := 1; round <= 5; round++ {
-				before := siblingRxFrames(t, l.NS+"s")
+				before := siblingRxFrames(t, l.SiblingNS())
 				got, err := Resolve(context.Background(), tc.q, ProbeOptions{})
 				if err != nil {
 					t.Fatalf("round %d: %v", round, err)
 				}
-				received := siblingRxFrames(t, l.NS+"s") - before
+				received := siblingRxFrames(t, l.SiblingNS()) - before
 				wrong := 0
 				for a, mac := range deckies {
 					if len(got[a]) != 1 || got[a][0].String() != mac.String() {
@@ -368,9 +368,10 @@ func (failing) WriteTo(*arp.Packet, net.HardwareAddr) error {
 	return os.NewSyscallError("sendto", unix.ENETDOWN)
 }
 
-// helperOn makes a host helper link on l's parent, removed when the test
-// ends, for a test's ARP rounds, and returns its name.
-func helperOn(t *testing.T, l *testlan.LAN) string {
+// helperOn makes a host helper link on l's parent, with a /32 route to
+// each of deckies, removed when the test ends, for a test's ARP rounds
+// and knocks, and returns its name.
+func helperOn(t *testing.T, l *testlan.LAN, deckies ...netip.Addr) string {
 	t.Helper()
 	d, err := NewDetector()
 	if err != nil {
@@ -379,7 +380,7 @@ func helperOn(t *testing.T, l *testlan.LAN) string {
 	t.Cleanup(func() { d.Close() })
 	name := "hl" + testlan.Suffix()
 	t.Cleanup(func() { _ = d.RemoveHelper(name, "w") })
-	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Owner: "w"}); err != nil {
+	if _, err := d.EnsureHelper(HelperSpec{Name: name, Parent: l.Parent, Driver: "macvlan", HostIP: l.Host, Deckies: deckies, Owner: "w"}); err != nil {
 		t.Fatal(err)
 	}
 	return name

@@ -215,7 +215,7 @@ func (l *LAN) AddMachine(t testing.TB, a netip.Addr, mac net.HardwareAddr) {
 // (the host helper link) is copied to each of them.
 func (l *LAN) AddSiblings(t testing.TB, first netip.Addr, n int) map[netip.Addr]net.HardwareAddr {
 	t.Helper()
-	ns := l.NS + "s"
+	ns := l.SiblingNS()
 	run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
@@ -252,6 +252,9 @@ func (l *LAN) AddSiblings(t testing.TB, first netip.Addr, n int) map[netip.Addr]
 	}
 	return out
 }
+
+// SiblingNS is the namespace AddSiblings puts the worker's siblings in.
+func (l *LAN) SiblingNS() string { return l.NS + "s" }
 
 // AddPeerAddr makes the LAN machine hold one more address (an address a
 // real machine already uses).
@@ -301,7 +304,11 @@ func (l *LAN) AddPort(t testing.TB, hostAddr netip.Addr) string {
 
 // InNS runs fn with the calling goroutine's OS thread in the LAN machine's
 // namespace. Sockets created inside fn stay in that namespace.
-func (l *LAN) InNS(fn func() error) error {
+func (l *LAN) InNS(fn func() error) error { return InNamedNS(l.NS, fn) }
+
+// InNamedNS runs fn with the calling goroutine's OS thread in network
+// namespace ns (e.g. SiblingNS). Sockets created inside fn stay there.
+func InNamedNS(ns string, fn func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -309,7 +316,7 @@ func (l *LAN) InNS(fn func() error) error {
 		return err
 	}
 	defer orig.Close()
-	target, err := netns.GetFromName(l.NS)
+	target, err := netns.GetFromName(ns)
 	if err != nil {
 		return err
 	}
